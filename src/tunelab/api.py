@@ -1,0 +1,153 @@
+"""The Python API: `train`, `evaluate`, `predict` — the same functions the CLI calls."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import RunConfig, from_dict, load_config
+from .data import load_splits, rows_to_examples
+from .data.files import read_rows
+from .errors import TunelabError
+from .pipeline import fit, reload
+from .runs import RunWriter, read_run, run_name, versions
+from .tasks import TASKS
+from .train.memory import PeakMemory
+from .train.precision import device
+
+
+def _config(config: RunConfig | str | Path | dict, overrides: list[str] | dict | None) -> RunConfig:
+    if isinstance(config, RunConfig):
+        return config if not overrides else load_config(config.to_dict(), overrides)
+    return load_config(config, overrides)
+
+
+def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | None = None, *,
+          overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train (or fit) one method on one dataset; writes a run folder and returns its metrics.
+
+    `config` is a `RunConfig`, a YAML path or a dict; `overrides` are dotted `key=value` strings.
+    """
+    cfg = _config(config, overrides)
+    task = TASKS.get(cfg.task)
+    splits = load_splits(cfg.data, task.label_kind)  # all data checks happen before a model is loaded
+    folder = Path(cfg.output) / run_name(cfg)
+    writer = RunWriter(folder, overwrite)
+    log(f"run {folder}: {cfg.method.name} on {cfg.data.source} "
+        f"({len(splits.train)} train / {len(splits.validation)} validation / {len(splits.test)} test)")
+    try:
+        started = time.time()
+        with PeakMemory() as memory:
+            adapted = fit(cfg, splits, log)
+        fit_seconds = time.time() - started
+        validation = adapted.evaluate(splits.validation)
+        predict_start = time.time()
+        test_scores, test_loss = adapted.scores(splits.test, with_loss=adapted.method.trains)
+        predict_seconds = time.time() - predict_start
+        test = task.metrics(test_scores, splits.test, splits.labels)
+        if test_loss is not None:
+            test["loss"] = test_loss
+        state = adapted.state
+        metrics = {
+            "method": cfg.method.name, "family": adapted.method.family, "task": cfg.task, "model": cfg.model,
+            "dataset": cfg.data.source, "validation": validation, "test": test,
+            "parameters": adapted.parameters(),
+            "time": {"fit_seconds": round(fit_seconds, 2), "test_predict_seconds": round(predict_seconds, 3),
+                     "test_examples_per_second": round(len(splits.test) / max(predict_seconds, 1e-9), 1)},
+            "memory": {"peak_rss_mb": memory.peak_mb, "device_peak_mb": memory.device_peak_mb},
+            "epochs_run": state.epoch if state else 0, "best_epoch": state.best_epoch if state else 0,
+            "stopped_early": state.stopped_early if state else False,
+            "newly_initialised": adapted.newly_initialised, "trained_head_modules": adapted.trained_heads,
+            "splits": splits.sizes(), "labels": splits.labels,
+            "precision": adapted.precision, "device": device().type, "versions": versions(),
+        }
+        if adapted.method.trains:
+            adapted.method.save(adapted.model, writer.path("model"))
+        else:
+            adapted.method.save(writer.path("model"))
+        adapted.tokenizer.save_pretrained(writer.path("model"))
+        writer.yaml("config.yaml", cfg.to_dict())
+        writer.json("metrics.json", metrics)
+        writer.jsonl("history.jsonl", state.history if state else [])
+        writer.jsonl("predictions.jsonl", _prediction_rows(task, splits.test, test_scores, splits.labels))
+        if not adapted.method.trains:
+            writer.jsonl("prompt_search.jsonl", adapted.method.search)
+        run_folder = writer.commit()
+    except BaseException:
+        writer.discard()
+        raise
+    metrics["run_folder"] = str(run_folder)
+    _summary(metrics, log)
+    return metrics
+
+
+def _prediction_rows(task, examples, scores, labels):
+    predictions = task.predictions(scores, labels)
+    for e, pred, row in zip(examples, predictions, scores):
+        out = {"text": e.text, "prediction": pred}
+        if e.label is not None:
+            out["label"] = e.label
+        if labels:
+            out["scores"] = {label: round(float(s), 6) for label, s in zip(labels, row)}
+        yield out
+
+
+def _summary(metrics: dict[str, Any], log: Callable[[str], None]) -> None:
+    test = {k: round(v, 4) for k, v in metrics["test"].items() if isinstance(v, float)}
+    log(f"test: {test}")
+    log(f"saved to {metrics['run_folder']}")
+
+
+def _load_run(run: str | Path):
+    folder, raw = read_run(run)
+    cfg = from_dict(raw)
+    labels = _run_labels(folder)
+    return folder, cfg, labels
+
+
+def _run_labels(folder: Path) -> list[str]:
+    import json
+    metrics = folder / "metrics.json"
+    if not metrics.is_file():
+        raise TunelabError(f"{folder} has no metrics.json; the run did not finish, train it again")
+    return json.loads(metrics.read_text())["labels"]
+
+
+def evaluate(run: str | Path, data: str | Path | None = None) -> dict[str, Any]:
+    """Metrics of a finished run on `data` (a file with the run's columns), or on its own test split."""
+    folder, cfg, labels = _load_run(run)
+    task = TASKS.get(cfg.task)
+    if data is None:
+        examples = load_splits(cfg.data, task.label_kind).test
+    else:
+        examples = rows_to_examples(read_rows(data), cfg.data, task.label_kind)
+        if labels:
+            for e in examples:
+                if e.label not in labels:
+                    raise TunelabError(f"{e.origin}: label {e.label!r} is not one the run was trained on: "
+                                       f"{', '.join(labels)}")
+    adapted = reload(cfg, folder, labels)
+    return adapted.evaluate(examples)
+
+
+def predict(run: str | Path, input: str | Path, output: str | Path, overwrite: bool = False) -> int:
+    """Write one JSON line of prediction per input row; returns the number of rows."""
+    folder, cfg, labels = _load_run(run)
+    task = TASKS.get(cfg.task)
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise TunelabError(f"{output} exists already; choose another --output or pass --overwrite")
+    examples = rows_to_examples(read_rows(input), cfg.data, task.label_kind, need_label=False)
+    adapted = reload(cfg, folder, labels)
+    scores, _ = adapted.scores(examples)
+    tmp = output.with_name(f".{output.name}.partial")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    import json
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in _prediction_rows(task, examples, scores, labels):
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(output)
+    return len(examples)
+
+
+__all__ = ["train", "evaluate", "predict"]

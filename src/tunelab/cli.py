@@ -1,0 +1,135 @@
+"""The `tunelab` command. User mistakes end with one line on stderr and exit status 2."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+from .errors import TunelabError
+
+EXAMPLES = """examples:
+  tunelab train configs/sentiment/lora.yaml
+  tunelab train configs/sentiment/lora.yaml method.name=full train.epochs=5
+  tunelab eval runs/rotten_tomatoes-minilm-lora --data other.csv
+  tunelab predict runs/rotten_tomatoes-minilm-lora --input in.jsonl --output out.jsonl
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tunelab", description="Adapt a pretrained language model to your task with "
+                                "prompt engineering, PEFT or full fine-tuning, and measure which to use.",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train (or fit) one method; writes runs/<name>/",
+                       description="Train or fit the configured method and write a run folder with the resolved "
+                       "config, metrics, history, test predictions and the saved model/adapter/prompt.",
+                       epilog="Overrides are dotted keys: train.epochs=5 method.name=full data.max_examples=2000. "
+                       "`tunelab config` lists every key.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("config", help="YAML config file")
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of the config")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same name "
+                   "(only once the new run has finished)")
+
+    e = sub.add_parser("eval", help="metrics of a trained run on its test split or on a file")
+    e.add_argument("run", help="run folder (runs/NAME)")
+    e.add_argument("--data", help="a file with the same columns as the training data (default: the run's test split)")
+
+    pr = sub.add_parser("predict", help="predictions of a trained run for a file of inputs")
+    pr.add_argument("run", help="run folder (runs/NAME)")
+    pr.add_argument("--input", required=True, help=".csv/.jsonl/.json/.parquet file with the text column")
+    pr.add_argument("--output", required=True, help="JSON Lines file to write (never overwritten without --overwrite)")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+    sub.add_parser("datasets", help="the built-in datasets and where they come from")
+    sub.add_parser("models", help="the built-in model aliases and where they come from")
+    sub.add_parser("methods", help="the registered methods and their options")
+    c = sub.add_parser("config", help="every config key with its default and meaning")
+    c.add_argument("config", nargs="?", help="print this file's resolved config instead")
+    c.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the built-ins never need a hub; fail fast instead of waiting
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args) or 0
+    except TunelabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+def _train(args) -> None:
+    from .api import train
+    train(args.config, args.overrides, overwrite=args.overwrite)
+
+
+def _eval(args) -> None:
+    from .api import evaluate
+    metrics = evaluate(args.run, args.data)
+    print(json.dumps(metrics, indent=2))
+
+
+def _predict(args) -> None:
+    from .api import predict
+    n = predict(args.run, args.input, args.output, overwrite=args.overwrite)
+    print(f"wrote {n} predictions to {args.output}")
+
+
+def _datasets(args) -> None:
+    from .data import DATASETS
+    for name, d in DATASETS.items():
+        print(f"{name:16} {d.task:15} {d.description}\n{'':32} from {d.origin}")
+
+
+def _models(args) -> None:
+    from .models import MODELS
+    for name, m in MODELS.items():
+        print(f"{name:14} {m.family:8} {m.description}\n{'':23} from {m.origin}")
+
+
+def _methods(args) -> None:
+    from .methods import METHODS
+    from .typed import docs
+    for name, m in METHODS.items():
+        print(f"{name:8} [{m.family}] {m.description}; tasks: {', '.join(m.tasks)}")
+        for f in dataclasses.fields(m.Options):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            print(f"    method.{f.name} = {default!r}: {docs(m.Options)[f.name]}")
+
+
+def _config(args) -> None:
+    import yaml
+
+    from .config import RunConfig, load_config
+    if args.config:
+        print(yaml.safe_dump(load_config(args.config, args.overrides).to_dict(), sort_keys=False))
+        return
+    _print_fields(RunConfig, "")
+
+
+def _print_fields(cls, prefix: str) -> None:
+    from .typed import docs
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.name == "method":
+            print(f"{prefix}method.name = 'lora': {docs(cls)[f.name]} Options: `tunelab methods`.")
+        elif dataclasses.is_dataclass(default):
+            print(f"{prefix}{f.name}: {docs(cls)[f.name]}")
+            _print_fields(type(default), f"{prefix}{f.name}.")
+        else:
+            print(f"{prefix}{f.name} = {default!r}: {docs(cls)[f.name]}")
+
+
+COMMANDS = {"train": _train, "eval": _eval, "predict": _predict, "datasets": _datasets, "models": _models,
+            "methods": _methods, "config": _config}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

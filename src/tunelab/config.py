@@ -1,0 +1,232 @@
+"""The one config: task, model, data, method, training — typed, documented, validated together.
+
+A config comes from a YAML file plus dotted command-line overrides (`train.epochs=5`). Every
+problem — unknown key, wrong type, out-of-range value, unknown name — is collected into one
+`ConfigError`, so a user fixes the file in one pass.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+from .typed import build, fraction, non_negative, option, positive, to_dict
+
+
+@dataclass
+class SplitConfig:
+    validation: float = option(0.1, "Fraction of the examples held out for validation (model selection).", fraction)
+    test: float = option(0.1, "Fraction held out for the final test; never used for a choice.", fraction)
+    seed: int = option(0, "Seed of the stratified shuffle; the same seed gives the same splits for every method.")
+
+
+@dataclass
+class DataConfig:
+    source: str = option("rotten_tomatoes", "A built-in dataset name (`tunelab datasets`) or a path to a "
+                         ".csv, .jsonl, .json or .parquet file, or a saved `datasets` folder.")
+    columns: dict[str, str] = option(doc="Which file column plays which role: `text`, `label`, optional "
+                                     "`text_pair`.", factory=lambda: {"text": "text", "label": "label"})
+    labels: list[str] | None = option(None, "The label set, in order. Unset: the sorted labels found in the "
+                                      "data. Set: any other label is an error.")
+    validation_file: str | None = option(None, "A separate validation file; then no validation split is cut.")
+    test_file: str | None = option(None, "A separate test file; then no test split is cut.")
+    split: SplitConfig = option(doc="How one file is split.", factory=SplitConfig)
+    max_examples: int | None = option(None, "Keep a stratified subset of this many examples (before splitting).",
+                                      positive)
+    max_length: int = option(128, "Longest input in tokens; longer texts are truncated.", positive)
+
+
+@dataclass
+class EarlyStoppingConfig:
+    metric: str | None = option(None, "Validation metric to watch (`f1`, `accuracy`, `loss`, `mse` …). "
+                                "Unset: the task's main metric.")
+    patience: int = option(2, "Stop after this many evaluations without improvement; 0 turns it off.",
+                           non_negative)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = option(3, "Passes over the training split (early stopping may end sooner).", positive)
+    batch_size: int = option(16, "Examples per optimisation step.", positive)
+    eval_batch_size: int = option(64, "Examples per forward pass when evaluating and predicting.", positive)
+    learning_rate: float | None = option(None, "Peak learning rate. Unset: the method's own default "
+                                         "(full 5e-5, lora 5e-4, adapter 1e-3).", positive)
+    weight_decay: float = option(0.01, "AdamW weight decay (not applied to biases and LayerNorm).", non_negative)
+    warmup_ratio: float = option(0.1, "Share of the steps spent warming the learning rate up from 0.", fraction)
+    scheduler: Literal["linear", "cosine", "constant"] = option("linear", "Learning-rate decay after warm-up.")
+    dropout: float | None = option(None, "Override the model's dropout rates. Unset: keep the model's.", fraction)
+    max_grad_norm: float = option(1.0, "Clip the gradient norm to this; 0 turns clipping off.", non_negative)
+    early_stopping: EarlyStoppingConfig = option(doc="Stop when the validation metric stops improving; the best "
+                                                 "weights are restored at the end.", factory=EarlyStoppingConfig)
+    precision: Literal["auto", "fp32", "bf16"] = option("auto", "Compute precision. `auto`: bf16 autocast where "
+                                                        "the CPU/GPU runs it natively, else fp32.")
+    seed: int = option(0, "Seed of initialisation, shuffling and dropout.")
+    log_every: int = option(10, "Record the training loss every this many steps.", positive)
+
+
+@dataclass
+class MethodConfig:
+    """`name` picks the method; its options are that method's own typed dataclass."""
+    name: str
+    options: Any
+
+
+@dataclass
+class RunConfig:
+    task: str = option("classification", "What is learned: `classification` or `regression`.")
+    model: str = option("minilm", "A built-in alias (`tunelab models`) or a local Hugging Face model folder.")
+    data: DataConfig = option(doc="Where the examples come from and how they are split.", factory=DataConfig)
+    method: MethodConfig = option(doc="The adaptation method and its options.",
+                                  factory=lambda: MethodConfig("lora", None))
+    train: TrainConfig = option(doc="Optimisation and early stopping.", factory=TrainConfig)
+    output: str = option("runs", "Folder that receives run folders.")
+    name: str | None = option(None, "Run folder name. Unset: `<data>-<method>` (never overwrites silently).")
+    allow_unsafe_weights: bool = option(False, "Allow pickle (.bin) weights for local models; off by default "
+                                        "because unpickling runs code.")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = to_dict(self)
+        out["method"] = {"name": self.method.name, **to_dict(self.method.options)}
+        return out
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`["train.epochs=5", "method.name=full"]` → nested dict; values are read as YAML."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value, e.g. train.epochs=5")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw else ""
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} sets a key inside a value")
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; give the path to a YAML file such as configs/sentiment/lora.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" line {where.line + 1}" if where else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys (task, model, data, method, train)")
+    return data
+
+
+def load_config(source: str | Path | dict | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
+    """A validated `RunConfig` from a YAML path or a dict, plus dotted overrides."""
+    data = read_yaml(source) if isinstance(source, (str, Path)) else copy.deepcopy(source or {})
+    extra = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
+    method_renamed = isinstance(extra.get("method"), dict) and "name" in extra["method"]
+    if method_renamed and isinstance(data.get("method"), dict):
+        # `train lora.yaml method.name=full`: the file's LoRA options don't apply to full
+        # fine-tuning, so keep only the ones the new method also has.
+        data["method"] = _keep_options_of(extra["method"]["name"], data["method"])
+    return from_dict(_merge(data, extra))
+
+
+def _keep_options_of(name: Any, block: dict) -> dict:
+    from .methods import METHODS
+    if name not in METHODS:
+        return block
+    valid = {f.name for f in dataclasses.fields(METHODS.get(name).Options)}
+    return {k: v for k, v in block.items() if k in valid}
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    problems: list[str] = []
+    method_block = data.get("method", {"name": "lora"})
+    if isinstance(method_block, str):
+        method_block = {"name": method_block}
+    rest = {k: v for k, v in data.items() if k != "method"}
+    cfg = build(RunConfig, rest, "", problems)
+    method = _build_method(method_block, problems)
+    if cfg is not None and method is not None:
+        cfg.method = method
+        problems += validate(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _build_method(block: Any, problems: list[str]) -> MethodConfig | None:
+    from .methods import METHODS
+    if not isinstance(block, dict) or "name" not in block:
+        problems.append(f"`method` must be a mapping with a `name` ({', '.join(METHODS.names())}), got {block!r}")
+        return None
+    name = block["name"]
+    if name not in METHODS:
+        problems.append(f"`method.name`: {METHODS.unknown(name)}")
+        return None
+    options_cls = METHODS.get(name).Options
+    opts = build(options_cls, {k: v for k, v in block.items() if k != "name"}, "method", problems)
+    return MethodConfig(name, opts)
+
+
+def validate(cfg: RunConfig) -> list[str]:
+    """Cross-field rules and names, checked together; returns every problem found."""
+    from .data.builtin import DATASETS
+    from .methods import METHODS
+    from .models import MODELS
+    from .tasks import TASKS
+    problems = []
+    if cfg.task not in TASKS:
+        problems.append(f"`task`: {TASKS.unknown(cfg.task)}")
+    else:
+        task = TASKS.get(cfg.task)
+        method = METHODS.get(cfg.method.name)
+        if cfg.task not in method.tasks:
+            problems.append(f"method {cfg.method.name!r} does not support task {cfg.task!r}; methods for it: "
+                            f"{', '.join(n for n, m in METHODS.items() if cfg.task in m.tasks)}")
+        metric = cfg.train.early_stopping.metric
+        if metric is not None and metric not in task.metric_names:
+            problems.append(f"`train.early_stopping.metric` {metric!r} is not a {cfg.task} metric; choose one of: "
+                            f"{', '.join(task.metric_names)}")
+        missing_roles = [r for r in task.required_columns if r not in cfg.data.columns]
+        if missing_roles and cfg.data.source not in DATASETS:
+            problems.append(f"`data.columns` must name the {', '.join(missing_roles)} column(s) for {cfg.task}")
+    if cfg.model not in MODELS and not Path(cfg.model).is_dir():
+        problems.append(f"`model`: {cfg.model!r} is neither a built-in alias ({', '.join(MODELS.names())}) "
+                        f"nor a local model folder")
+    source = cfg.data.source
+    if source not in DATASETS and not Path(source).exists():
+        problems.append(f"`data.source`: {source!r} is neither a built-in dataset ({', '.join(DATASETS.names())}) "
+                        f"nor an existing file or folder")
+    for key in ("validation_file", "test_file"):
+        path = getattr(cfg.data, key)
+        if path is not None and not Path(path).is_file():
+            problems.append(f"`data.{key}`: file {path!r} not found")
+    split = cfg.data.split
+    cut = (split.validation if cfg.data.validation_file is None else 0) + (split.test if cfg.data.test_file is None else 0)
+    if cut >= 0.9:
+        problems.append(f"`data.split` holds out {cut:.0%} of the examples; keep validation + test below 90%")
+    if cfg.data.labels is not None and len(set(cfg.data.labels)) < 2 and cfg.task == "classification":
+        problems.append("`data.labels` must list at least two labels")
+    return problems

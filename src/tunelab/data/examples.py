@@ -1,0 +1,23 @@
+"""The in-memory form of a dataset: validated examples with a note of where each came from."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Example:
+    text: str
+    label: str | float | None = None
+    text_pair: str | None = None
+    origin: str = ""  # "data/reviews.csv line 17": where to point the user when something is wrong
+
+
+@dataclass
+class Splits:
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
+    labels: list[str] = field(default_factory=list)  # empty for regression
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}

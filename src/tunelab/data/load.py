@@ -1,0 +1,157 @@
+"""From a `DataConfig` to validated train/validation/test splits — before any model is loaded."""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+from sklearn.model_selection import train_test_split
+
+from ..config import DataConfig
+from ..errors import DataError
+from .builtin import DATASETS
+from .examples import Example, Splits
+from .files import read_rows
+
+
+def load_splits(cfg: DataConfig, label_kind: str) -> Splits:
+    """`label_kind` is "class" (classification) or "number" (regression)."""
+    if cfg.source in DATASETS:
+        examples = DATASETS.get(cfg.source).load()
+        where = cfg.source
+    else:
+        examples = rows_to_examples(read_rows(cfg.source), cfg, label_kind)
+        where = cfg.source
+    labels = _label_set(cfg, examples, label_kind, where)
+    if cfg.max_examples is not None and cfg.max_examples < len(examples):
+        examples = _subset(examples, cfg.max_examples, label_kind, cfg.split.seed)
+
+    hold_val = cfg.validation_file is None
+    hold_test = cfg.test_file is None
+    val_frac = cfg.split.validation if hold_val else 0.0
+    test_frac = cfg.split.test if hold_test else 0.0
+    train, val, test = _split(examples, val_frac, test_frac, label_kind, cfg.split.seed)
+    if not hold_val:
+        val = rows_to_examples(read_rows(cfg.validation_file), cfg, label_kind)
+    if not hold_test:
+        test = rows_to_examples(read_rows(cfg.test_file), cfg, label_kind)
+    splits = Splits(train, val, test, labels)
+    _check_splits(splits, cfg, label_kind, labels)
+    return splits
+
+
+def rows_to_examples(rows: list[tuple[str, dict[str, Any]]], cfg: DataConfig, label_kind: str,
+                     need_label: bool = True) -> list[Example]:
+    text_col = cfg.columns.get("text", "text")
+    label_col = cfg.columns.get("label", "label")
+    pair_col = cfg.columns.get("text_pair")
+    origin0, first = rows[0]
+    file = origin0.rsplit(" ", 2)[0]
+    needed = [("text", text_col)] + ([("label", label_col)] if need_label else []) + \
+        ([("text_pair", pair_col)] if pair_col else [])
+    for role, col in needed:
+        if col not in first:
+            raise DataError(f"{file}: no column {col!r} (columns: {', '.join(map(str, first))}); "
+                            f"set data.columns.{role} to the column that holds the {role}")
+    out = []
+    for origin, row in rows:
+        text = row.get(text_col)
+        if text is None or not str(text).strip():
+            raise DataError(f"{origin}: empty text in column {text_col!r}; fill it in or remove the row")
+        pair = None
+        if pair_col:
+            pair = row.get(pair_col)
+            if pair is None or not str(pair).strip():
+                raise DataError(f"{origin}: empty text in column {pair_col!r}; fill it in or remove the row")
+            pair = str(pair)
+        label = row.get(label_col) if label_col in row else None
+        if label is None or (isinstance(label, str) and not label.strip()):
+            if need_label:
+                raise DataError(f"{origin}: missing label in column {label_col!r}; add it or remove the row")
+            label = None
+        elif label_kind == "number":
+            try:
+                label = float(label)
+            except (TypeError, ValueError):
+                raise DataError(f"{origin}: label {label!r} in column {label_col!r} is not a number; "
+                                f"regression needs numeric targets") from None
+            if not math.isfinite(label):
+                raise DataError(f"{origin}: label {label!r} is not a finite number")
+        else:
+            label = _label_str(label)
+        out.append(Example(str(text), label, pair, origin))
+    return out
+
+
+def _label_str(value: Any) -> str:
+    # JSON gives 1, CSV gives "1": both mean the same label.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def _label_set(cfg: DataConfig, examples: list[Example], label_kind: str, where: str) -> list[str]:
+    if label_kind != "class":
+        return []
+    found = sorted({e.label for e in examples})
+    if cfg.labels is None:
+        if len(found) < 2:
+            raise DataError(f"{where}: every example has the label {found[0]!r}; classification needs at least "
+                            f"two classes")
+        return found
+    declared = [str(x) for x in cfg.labels]
+    for e in examples:
+        if e.label not in declared:
+            raise DataError(f"{e.origin}: label {e.label!r} is not one of: {', '.join(declared)}; fix the label "
+                            f"or add it to data.labels")
+    return declared
+
+
+def _stratify(examples: list[Example], label_kind: str) -> list | None:
+    if label_kind != "class":
+        return None
+    counts = Counter(e.label for e in examples)
+    # Stratifying needs two examples of every class; rarer classes fall back to a plain shuffle.
+    return [e.label for e in examples] if min(counts.values()) >= 2 else None
+
+
+def _subset(examples: list[Example], n: int, label_kind: str, seed: int) -> list[Example]:
+    kept, _ = train_test_split(examples, train_size=n, random_state=seed, stratify=_stratify(examples, label_kind))
+    return kept
+
+
+def _split(examples: list[Example], val: float, test: float, label_kind: str, seed: int):
+    rest, test_set = examples, []
+    if test > 0:
+        rest, test_set = _cut(examples, test, label_kind, seed, "test")
+    val_set = []
+    if val > 0:
+        rest, val_set = _cut(rest, val / (1 - test), label_kind, seed, "validation")
+    return rest, val_set, test_set
+
+
+def _cut(examples: list[Example], frac: float, label_kind: str, seed: int, name: str):
+    n_out = int(round(frac * len(examples)))
+    if n_out == 0 or n_out >= len(examples):
+        raise DataError(f"data.split.{name} = {frac:.3g} of {len(examples)} examples leaves the {name} split "
+                        f"{'empty' if n_out == 0 else 'with everything'}; add examples or change data.split.{name}")
+    strat = _stratify(examples, label_kind)
+    if strat is not None and n_out < len(set(strat)):
+        strat = None  # fewer held-out examples than classes: cannot stratify
+    return train_test_split(examples, test_size=n_out, random_state=seed, stratify=strat)
+
+
+def _check_splits(splits: Splits, cfg: DataConfig, label_kind: str, labels: list[str]) -> None:
+    for name, part in (("train", splits.train), ("validation", splits.validation), ("test", splits.test)):
+        if not part:
+            source = getattr(cfg, f"{name}_file", None) or cfg.source
+            raise DataError(f"{source}: the {name} split has no examples; add examples or change data.split")
+    if label_kind == "class":
+        if len({e.label for e in splits.train}) < 2:
+            raise DataError(f"{cfg.source}: the train split holds a single class; add examples of the others")
+        for part in (splits.validation, splits.test):
+            for e in part:
+                if e.label not in labels:
+                    raise DataError(f"{e.origin}: label {e.label!r} is not one of the training labels: "
+                                    f"{', '.join(labels)}; fix it or declare data.labels")
+

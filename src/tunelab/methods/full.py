@@ -1,0 +1,61 @@
+"""Full fine-tuning: every weight trained, optionally with the embeddings and lowest layers frozen.
+
+Saved with `save_pretrained` as a plain Hugging Face folder that `AutoModelFor*.from_pretrained`
+loads, safetensors only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+from ..errors import ConfigError
+from ..typed import non_negative, option
+from .base import TrainedMethod
+from .registry import register
+
+
+@dataclass
+class FullOptions:
+    freeze_layers: int = option(0, "Freeze the embeddings and the lowest N transformer layers (0: train all).",
+                                non_negative)
+
+
+def transformer_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The stack of transformer blocks, found through the modules (no per-model code)."""
+    n_layers = getattr(model.config, "num_hidden_layers", None)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
+            return name, module
+    raise ConfigError(f"cannot find the {n_layers} transformer layers of {type(model).__name__}")
+
+
+@register
+class FullFineTuning(TrainedMethod):
+    name = "full"
+    Options = FullOptions
+    family = "full"
+    default_learning_rate = 5e-5
+    description = "every weight trained (optionally freezing the lowest layers)"
+
+    def prepare(self, model: nn.Module, head_modules: list[str]) -> nn.Module:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        n = self.options.freeze_layers
+        if n:
+            layers_name, layers = transformer_layers(model)
+            if n > len(layers):
+                raise ConfigError(f"`method.freeze_layers` is {n} but the model has {len(layers)} layers")
+            frozen = [f"{layers_name}.{i}." for i in range(n)]
+            for name, p in model.named_parameters():
+                if "embed" in name or any(name.startswith(f) for f in frozen):
+                    p.requires_grad_(False)
+        return model
+
+    def save(self, model: nn.Module, folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+
+    def load(self, folder: Path, load_base: Callable[[], nn.Module]) -> nn.Module:
+        return load_base(folder)

@@ -1,0 +1,90 @@
+"""LoRA and other `peft` methods: the base weights frozen, small added weights trained.
+
+LoRA (Hu et al. 2021, https://arxiv.org/abs/2106.09685) learns a low-rank update of a frozen
+weight: h = W x + (alpha / r) · B A x, with A ∈ R^{r×d}, B ∈ R^{k×r}, B initialised to zero so
+training starts from the base model. DoRA (`use_dora`) splits W into magnitude and direction.
+IA3 (Liu et al. 2022, https://arxiv.org/abs/2205.05638) rescales keys, values and feed-forward
+activations with learned vectors. All of it runs through the `peft` library; the task head is
+trained too (`modules_to_save`). Saved as a PEFT adapter folder that `PeftModel.from_pretrained`
+loads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+from ..errors import ConfigError
+from ..typed import fraction, option, positive
+from .base import TrainedMethod
+from .registry import register
+
+
+@dataclass
+class LoraOptions:
+    r: int = option(8, "Rank of the update B·A.", positive)
+    alpha: float = option(16.0, "Scale numerator: the update is multiplied by alpha / r.", positive)
+    dropout: float = option(0.1, "Dropout on the LoRA branch's input.", fraction)
+    target_modules: list[str] | None = option(None, "Names of the linear layers to adapt. Unset: peft's default "
+                                              "for the architecture (query, value for BERT; q_proj, v_proj for "
+                                              "Llama).")
+    use_dora: bool = option(False, "Weight-decomposed LoRA (DoRA).")
+
+
+@dataclass
+class Ia3Options:
+    target_modules: list[str] | None = option(None, "Layers whose activations are rescaled. Unset: peft's default "
+                                              "for the architecture.")
+    feedforward_modules: list[str] | None = option(None, "Which of target_modules are feed-forward layers (scaled "
+                                                   "on their input). Unset: peft's default.")
+
+
+class PeftMethod(TrainedMethod):
+    """Shared by every method that `peft` implements: wrap, save and load the PEFT way."""
+
+    def peft_config(self, head_modules: list[str]):
+        raise NotImplementedError
+
+    def prepare(self, model: nn.Module, head_modules: list[str]) -> nn.Module:
+        from peft import get_peft_model
+        try:
+            return get_peft_model(model, self.peft_config(head_modules))
+        except ValueError as e:  # e.g. a target module that the model does not have
+            raise ConfigError(f"method {self.name}: {e}") from None
+
+    def save(self, model: nn.Module, folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+
+    def load(self, folder: Path, load_base: Callable[..., nn.Module]) -> nn.Module:
+        from peft import PeftModel
+        return PeftModel.from_pretrained(load_base(), folder)
+
+
+@register
+class Lora(PeftMethod):
+    name = "lora"
+    Options = LoraOptions
+    default_learning_rate = 5e-4
+    description = "low-rank updates of frozen weights, through peft (use_dora for DoRA)"
+
+    def peft_config(self, head_modules: list[str]):
+        from peft import LoraConfig
+        o = self.options
+        return LoraConfig(r=o.r, lora_alpha=o.alpha, lora_dropout=o.dropout, target_modules=o.target_modules,
+                          use_dora=o.use_dora, modules_to_save=head_modules, task_type="SEQ_CLS")
+
+
+@register
+class Ia3(PeftMethod):
+    name = "ia3"
+    Options = Ia3Options
+    default_learning_rate = 3e-3
+    description = "learned rescaling of keys, values and feed-forward activations, through peft"
+
+    def peft_config(self, head_modules: list[str]):
+        from peft import IA3Config
+        o = self.options
+        return IA3Config(target_modules=o.target_modules, feedforward_modules=o.feedforward_modules,
+                         modules_to_save=head_modules, task_type="SEQ_CLS")

@@ -1,0 +1,145 @@
+"""Glue between a config and the axes: load the model a method needs, fit it, and score examples.
+
+`Adapted` is what a fitted (or reloaded) method gives back: something that scores examples. The
+runner, `eval` and `predict` all go through it, so a saved run predicts exactly as it did at the
+end of training.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import models
+from .config import RunConfig
+from .data import Example, Splits
+from .methods import METHODS, Method, TrainedMethod, count_parameters, head_modules
+from .tasks import TASKS, Task
+from .train.batches import Batches
+from .train.loop import TrainState, predict_scores, train
+from .train.precision import device, resolve
+
+
+@dataclass
+class Adapted:
+    cfg: RunConfig
+    task: Task
+    labels: list[str]
+    method: Method
+    tokenizer: Any
+    model: nn.Module
+    precision: str
+    newly_initialised: list[str]
+    trained_heads: list[str]
+    state: TrainState | None = None
+
+    def scores(self, examples: list[Example], with_loss: bool = False) -> tuple[np.ndarray, float | None]:
+        if not self.method.trains:
+            return self.method.scores(examples), None
+        batches = Batches(self.task, self.tokenizer, examples, self.labels, self.cfg.data.max_length,
+                          with_targets=with_loss)
+        return predict_scores(self.model, batches, self.cfg.train.eval_batch_size, self.precision, device())
+
+    def evaluate(self, examples: list[Example]) -> dict[str, Any]:
+        scores, loss = self.scores(examples, with_loss=self.method.trains)
+        metrics = self.task.metrics(scores, examples, self.labels)
+        if loss is not None:
+            metrics["loss"] = loss
+        return metrics
+
+    def parameters(self) -> dict[str, Any]:
+        counts = count_parameters(self.model)
+        if not self.method.trains:
+            counts["trainable"] = 0
+        counts["trainable_percent"] = round(100 * counts["trainable"] / counts["total"], 4)
+        return counts
+
+
+def base_loader(cfg: RunConfig, task: Task, labels: list[str], tokenizer) -> Callable[..., nn.Module]:
+    """A function that loads a fresh base task model (or one saved in `folder`), seeded and quiet."""
+    default = models.resolve(cfg.model)
+
+    def load(folder: Path | None = None) -> nn.Module:
+        torch.manual_seed(cfg.train.seed)  # the new head's initialisation is part of the run's seed
+        model, missing = models.load_model(task.auto_class(), Path(folder or default),
+                                           allow_unsafe=cfg.allow_unsafe_weights, dropout=cfg.train.dropout,
+                                           **task.model_kwargs(labels))
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id  # decoders pool the last non-pad token
+        load.newly_initialised = missing
+        return model
+
+    load.newly_initialised = []
+    return load
+
+
+def fit(cfg: RunConfig, splits: Splits, log: Callable[[str], None] = print) -> Adapted:
+    """Adapt the model to the training split with the configured method."""
+    task = TASKS.get(cfg.task)
+    method = METHODS.get(cfg.method.name)(cfg.method.options)
+    folder = models.resolve(cfg.model)
+    tokenizer = models.load_tokenizer(folder)
+    dev = device()
+    precision = resolve(cfg.train.precision, dev)
+    metric = cfg.train.early_stopping.metric or task.default_metric
+
+    if not method.trains:
+        model = _load_prompt_model(method, folder, cfg, tokenizer, splits.labels)
+        log(f"prompt search on {len(splits.validation)} validation examples")
+        method.fit(splits.train, splits.validation, task, metric)
+        adapted = Adapted(cfg, task, splits.labels, method, tokenizer, model, "fp32", [], [])
+        log(f"chose: {method.chosen}")
+        return adapted
+
+    assert isinstance(method, TrainedMethod)
+    load = base_loader(cfg, task, splits.labels, tokenizer)
+    model = load()
+    heads = head_modules(model, load.newly_initialised)
+    model = method.prepare(model, heads)
+    adapted = Adapted(cfg, task, splits.labels, method, tokenizer, model, precision, load.newly_initialised, heads)
+    p = adapted.parameters()
+    log(f"{cfg.method.name}: training {p['trainable']:,} of {p['total']:,} weights ({p['trainable_percent']:.2f}%) "
+        f"on {len(splits.train)} examples, {precision} on {dev.type}")
+    lr = cfg.train.learning_rate or method.default_learning_rate
+    train_batches = Batches(task, tokenizer, splits.train, splits.labels, cfg.data.max_length)
+    adapted.state = train(model, train_batches, lambda: adapted.evaluate(splits.validation), cfg.train, lr, metric,
+                          task.better, precision, dev, log)
+    model.eval()
+    return adapted
+
+
+def _load_prompt_model(method, folder: Path, cfg: RunConfig, tokenizer, labels: list[str]):
+    from transformers import AutoModel
+
+    from .methods.prompt import scorer_for
+    models.quiet_transformers()
+    family = models.family(folder)
+    if family == "encoder":
+        model = AutoModel.from_pretrained(folder, use_safetensors=not cfg.allow_unsafe_weights,
+                                          trust_remote_code=False)
+    else:
+        model = None
+    method.attach(scorer_for(family, model, tokenizer, cfg.data.max_length, cfg.train.eval_batch_size), labels)
+    return model
+
+
+def reload(cfg: RunConfig, run_folder: Path, labels: list[str]) -> Adapted:
+    """The adapted model of a finished run, from its saved files."""
+    task = TASKS.get(cfg.task)
+    method = METHODS.get(cfg.method.name)(cfg.method.options)
+    folder = models.resolve(cfg.model)
+    tokenizer = models.load_tokenizer(folder)
+    saved = run_folder / "model"
+    if not method.trains:
+        model = _load_prompt_model(method, folder, cfg, tokenizer, labels)
+        method.load(saved, method.scorer)
+        return Adapted(cfg, task, labels, method, tokenizer, model, "fp32", [], [])
+    load = base_loader(cfg, task, labels, tokenizer)
+    model = method.load(saved, load)
+    model.to(device()).eval()
+    return Adapted(cfg, task, labels, method, tokenizer, model, resolve(cfg.train.precision, device()),
+                   load.newly_initialised, [])

@@ -1,0 +1,50 @@
+"""Single-label text classification over N labels, trained with cross-entropy."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+from ..data import Example
+from .base import Task
+
+
+class ClassificationTask(Task):
+    name = "classification"
+    label_kind = "class"
+    metric_names = ("f1", "accuracy", "precision", "recall", "loss")
+    default_metric = "f1"
+
+    def auto_class(self):
+        from transformers import AutoModelForSequenceClassification
+        return AutoModelForSequenceClassification
+
+    def model_kwargs(self, labels: list[str]) -> dict[str, Any]:
+        return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                "label2id": {label: i for i, label in enumerate(labels)},
+                "problem_type": "single_label_classification"}
+
+    def targets(self, examples: list[Example], labels: list[str]) -> torch.Tensor:
+        index = {label: i for i, label in enumerate(labels)}
+        return torch.tensor([index[e.label] for e in examples], dtype=torch.long)
+
+    def predictions(self, scores: np.ndarray, labels: list[str]) -> list[str]:
+        return [labels[i] for i in scores.argmax(axis=-1)]
+
+    def metrics(self, scores: np.ndarray, examples: list[Example], labels: list[str]) -> dict[str, Any]:
+        index = {label: i for i, label in enumerate(labels)}
+        gold = np.array([index[e.label] for e in examples])
+        pred = scores.argmax(axis=-1)
+        ids = list(range(len(labels)))
+        p, r, f, _ = precision_recall_fscore_support(gold, pred, labels=ids, average="macro", zero_division=0)
+        pc, rc, fc, support = precision_recall_fscore_support(gold, pred, labels=ids, zero_division=0)
+        return {
+            "accuracy": float(accuracy_score(gold, pred)),
+            "precision": float(p), "recall": float(r), "f1": float(f),
+            "per_class": {label: {"precision": float(pc[i]), "recall": float(rc[i]), "f1": float(fc[i]),
+                                  "support": int(support[i])} for i, label in enumerate(labels)},
+            "confusion_matrix": {"labels": labels,
+                                 "matrix": confusion_matrix(gold, pred, labels=ids).tolist()},  # rows: gold
+        }

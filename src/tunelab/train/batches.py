@@ -1,0 +1,35 @@
+"""Tokenised examples → padded tensor batches. Each batch is padded to its own longest input,
+which on short texts saves most of the compute that padding to `max_length` would waste."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from ..data import Example
+
+
+class Batches:
+    def __init__(self, task, tokenizer, examples: list[Example], labels: list[str], max_length: int,
+                 with_targets: bool = True):
+        self.tokenizer = tokenizer
+        self.features = task.encode(tokenizer, examples, max_length)
+        self.targets = task.targets(examples, labels) if with_targets else None
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def iterate(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches in order, or shuffled by `generator` (seeded: the same seed gives the same order)."""
+        order = torch.randperm(len(self), generator=generator).tolist() if generator is not None \
+            else list(range(len(self)))
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = self.tokenizer.pad([self.features[i] for i in idx], return_tensors="pt")
+            batch = dict(batch)
+            if self.targets is not None:
+                batch["labels"] = self.targets[idx]
+            yield batch
+
+    def n_batches(self, batch_size: int) -> int:
+        return (len(self) + batch_size - 1) // batch_size
