@@ -144,6 +144,8 @@ def load_config(source: str | Path | dict | None = None, overrides: list[str] | 
     """A validated `RunConfig` from a YAML path or a dict, plus dotted overrides."""
     data = read_yaml(source) if isinstance(source, (str, Path)) else copy.deepcopy(source or {})
     extra = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
+    if isinstance(data.get("method"), str):  # `method: lora` is short for `method: {name: lora}`
+        data["method"] = {"name": data["method"]}
     method_renamed = isinstance(extra.get("method"), dict) and "name" in extra["method"]
     if method_renamed and isinstance(data.get("method"), dict):
         # `train lora.yaml method.name=full`: the file's LoRA options don't apply to full

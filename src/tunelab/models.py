@@ -105,7 +105,8 @@ def family(folder: Path) -> str:
 
 
 def _is_causal(config) -> bool:
-    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
     return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and \
         config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 

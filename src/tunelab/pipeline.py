@@ -77,38 +77,44 @@ def base_loader(cfg: RunConfig, task: Task, labels: list[str], tokenizer) -> Cal
     return load
 
 
-def fit(cfg: RunConfig, splits: Splits, log: Callable[[str], None] = print) -> Adapted:
-    """Adapt the model to the training split with the configured method."""
+def prepare(cfg: RunConfig, splits: Splits, log: Callable[[str], None] = print) -> Adapted:
+    """Load the model the method needs and make it ready: frozen, wrapped, or attached to a scorer."""
     task = TASKS.get(cfg.task)
     method = METHODS.get(cfg.method.name)(cfg.method.options)
     folder = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(folder)
-    dev = device()
-    precision = resolve(cfg.train.precision, dev)
-    metric = cfg.train.early_stopping.metric or task.default_metric
-
     if not method.trains:
         model = _load_prompt_model(method, folder, cfg, tokenizer, splits.labels)
+        return Adapted(cfg, task, splits.labels, method, tokenizer, model, "fp32", [], [])
+    load = base_loader(cfg, task, splits.labels, tokenizer)
+    model = load()
+    heads = head_modules(model, load.newly_initialised)
+    model = method.prepare(model, heads).to(device())
+    precision = resolve(cfg.train.precision, device())
+    return Adapted(cfg, task, splits.labels, method, tokenizer, model, precision, load.newly_initialised, heads)
+
+
+def fit(cfg: RunConfig, splits: Splits, log: Callable[[str], None] = print,
+        adapted: Adapted | None = None) -> Adapted:
+    """Adapt the model to the training split with the configured method (prepared here unless given)."""
+    adapted = adapted or prepare(cfg, splits, log)
+    metric = cfg.train.early_stopping.metric or adapted.task.default_metric
+    method = adapted.method
+    if not method.trains:
         log(f"prompt search on {len(splits.validation)} validation examples")
-        method.fit(splits.train, splits.validation, task, metric)
-        adapted = Adapted(cfg, task, splits.labels, method, tokenizer, model, "fp32", [], [])
+        method.fit(splits.train, splits.validation, adapted.task, metric)
         log(f"chose: {method.chosen}")
         return adapted
 
     assert isinstance(method, TrainedMethod)
-    load = base_loader(cfg, task, splits.labels, tokenizer)
-    model = load()
-    heads = head_modules(model, load.newly_initialised)
-    model = method.prepare(model, heads)
-    adapted = Adapted(cfg, task, splits.labels, method, tokenizer, model, precision, load.newly_initialised, heads)
     p = adapted.parameters()
     log(f"{cfg.method.name}: training {p['trainable']:,} of {p['total']:,} weights ({p['trainable_percent']:.2f}%) "
-        f"on {len(splits.train)} examples, {precision} on {dev.type}")
+        f"on {len(splits.train)} examples, {adapted.precision} on {device().type}")
     lr = cfg.train.learning_rate or method.default_learning_rate
-    train_batches = Batches(task, tokenizer, splits.train, splits.labels, cfg.data.max_length)
-    adapted.state = train(model, train_batches, lambda: adapted.evaluate(splits.validation), cfg.train, lr, metric,
-                          task.better, precision, dev, log)
-    model.eval()
+    train_batches = Batches(adapted.task, adapted.tokenizer, splits.train, splits.labels, cfg.data.max_length)
+    adapted.state = train(adapted.model, train_batches, lambda: adapted.evaluate(splits.validation), cfg.train, lr,
+                          metric, adapted.task.better, adapted.precision, device(), log)
+    adapted.model.eval()
     return adapted
 
 

@@ -6,6 +6,7 @@ columnar and go through pyarrow / `datasets`.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -41,8 +42,10 @@ def read_rows(path: str | Path) -> list[Row]:
 
 def _decode(path: Path) -> str:
     raw = path.read_bytes()
+    if raw.startswith(codecs.BOM_UTF8):  # strip it first so that error offsets count from the text
+        raw = raw[len(codecs.BOM_UTF8):]
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise DataError(f"{path} line {line}: byte 0x{raw[e.start]:02x} is not UTF-8 text; "

@@ -30,7 +30,7 @@ def load_splits(cfg: DataConfig, label_kind: str) -> Splits:
     hold_test = cfg.test_file is None
     val_frac = cfg.split.validation if hold_val else 0.0
     test_frac = cfg.split.test if hold_test else 0.0
-    train, val, test = _split(examples, val_frac, test_frac, label_kind, cfg.split.seed)
+    train, val, test = _split(examples, val_frac, test_frac, label_kind, cfg.split.seed, where)
     if not hold_val:
         val = rows_to_examples(read_rows(cfg.validation_file), cfg, label_kind)
     if not hold_test:
@@ -115,29 +115,36 @@ def _stratify(examples: list[Example], label_kind: str) -> list | None:
     return [e.label for e in examples] if min(counts.values()) >= 2 else None
 
 
+def _stratify_sizes(examples: list[Example], label_kind: str, n_out: int) -> list | None:
+    strat = _stratify(examples, label_kind)
+    if strat is not None and min(n_out, len(examples) - n_out) < len(set(strat)):
+        strat = None  # a side smaller than the number of classes cannot hold one of each
+    return strat
+
+
 def _subset(examples: list[Example], n: int, label_kind: str, seed: int) -> list[Example]:
-    kept, _ = train_test_split(examples, train_size=n, random_state=seed, stratify=_stratify(examples, label_kind))
+    kept, _ = train_test_split(examples, train_size=n, random_state=seed,
+                               stratify=_stratify_sizes(examples, label_kind, n))
     return kept
 
 
-def _split(examples: list[Example], val: float, test: float, label_kind: str, seed: int):
+def _split(examples: list[Example], val: float, test: float, label_kind: str, seed: int, where: str):
     rest, test_set = examples, []
     if test > 0:
-        rest, test_set = _cut(examples, test, label_kind, seed, "test")
+        rest, test_set = _cut(examples, test, label_kind, seed, "test", where)
     val_set = []
     if val > 0:
-        rest, val_set = _cut(rest, val / (1 - test), label_kind, seed, "validation")
+        rest, val_set = _cut(rest, val / (1 - test), label_kind, seed, "validation", where)
     return rest, val_set, test_set
 
 
-def _cut(examples: list[Example], frac: float, label_kind: str, seed: int, name: str):
+def _cut(examples: list[Example], frac: float, label_kind: str, seed: int, name: str, where: str):
     n_out = int(round(frac * len(examples)))
     if n_out == 0 or n_out >= len(examples):
-        raise DataError(f"data.split.{name} = {frac:.3g} of {len(examples)} examples leaves the {name} split "
-                        f"{'empty' if n_out == 0 else 'with everything'}; add examples or change data.split.{name}")
-    strat = _stratify(examples, label_kind)
-    if strat is not None and n_out < len(set(strat)):
-        strat = None  # fewer held-out examples than classes: cannot stratify
+        raise DataError(f"{where}: data.split.{name} = {frac:.3g} of {len(examples)} examples leaves the {name} "
+                        f"split {'empty' if n_out == 0 else 'with everything'}; add examples or change "
+                        f"data.split.{name}")
+    strat = _stratify_sizes(examples, label_kind, n_out)
     return train_test_split(examples, test_size=n_out, random_state=seed, stratify=strat)
 
 

@@ -1,0 +1,98 @@
+"""Shared fixtures: tiny models built from a config (2 layers, hidden size 32) and a tiny dataset."""
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+POSITIVE = ["good", "great", "fine", "lovely", "superb", "excellent", "nice", "wonderful"]
+NEGATIVE = ["bad", "awful", "poor", "terrible", "boring", "dull", "weak", "horrible"]
+FILLER = ["the", "film", "was", "a", "plot", "story", "movie", "really", "quite", "actor"]
+
+
+def tiny_sentences(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "positive" if i % 2 else "negative"
+        words = rng.sample(FILLER, 4) + rng.sample(POSITIVE if label == "positive" else NEGATIVE, 2)
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_csv(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "tiny.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(tiny_sentences(120))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_regression_csv(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "tiny_regression.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for text, label in tiny_sentences(120):
+            w.writerow([text, 1.0 if label == "positive" else -1.0])
+    return path
+
+
+def _save_tiny(folder: Path, config) -> Path:
+    import torch
+    from transformers import AutoModel
+
+    from tunelab import models
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(folder, safe_serialization=True)
+    # The embedded MiniLM's tokenizer serves both tiny models: any tokenizer fits a model built from a config.
+    models.load_tokenizer(models.resolve("minilm")).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    from transformers import BertConfig
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    return _save_tiny(tmp_path_factory.mktemp("tiny-bert"), config)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    from transformers import LlamaConfig
+    config = LlamaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
+                         pad_token_id=0, tie_word_embeddings=False)
+    return _save_tiny(tmp_path_factory.mktemp("tiny-llama"), config)
+
+
+@pytest.fixture
+def tiny_config(tiny_csv, tiny_bert, tmp_path):
+    """A config dict for a fast run on the tiny BERT; tests override what they need."""
+    def make(method: str = "lora", model: Path | None = None, **extra) -> dict:
+        cfg = {
+            "task": "classification", "model": str(model or tiny_bert),
+            "data": {"source": str(tiny_csv), "max_length": 16, "split": {"validation": 0.2, "test": 0.2}},
+            "method": {"name": method},
+            "train": {"epochs": 2, "batch_size": 8, "precision": "fp32", "log_every": 2,
+                      "early_stopping": {"patience": 0}},
+            "output": str(tmp_path / "runs"),
+        }
+        for key, value in extra.items():
+            node = cfg
+            *parents, last = key.split("__")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[last] = value
+        return cfg
+    return make
