@@ -93,7 +93,7 @@ def train(model: nn.Module, train_batches: Batches, evaluate: Callable[[], dict[
             with autocast(precision, device):
                 loss = model(**batch).loss
             if not torch.isfinite(loss):
-                raise TrainingError(f"the training loss became {float(loss)} at step {state.step + 1}; lower "
+                raise TrainingError(f"the training loss became {float(loss.detach())} at step {state.step + 1}; lower "
                                     f"train.learning_rate (now {learning_rate:g}) or use train.precision=fp32")
             loss.backward()
             if cfg.max_grad_norm:

@@ -1,0 +1,79 @@
+"""The CLI end to end on a tiny model: train → eval → predict, and nothing a user had is overwritten."""
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from tunelab.cli import main
+
+
+def _write_config(tmp_path, cfg) -> str:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_train_eval_predict(tiny_config, tiny_csv, tmp_path, capsys):
+    config = _write_config(tmp_path, tiny_config("lora"))
+    assert main(["train", config, "name=mine", "train.epochs=1"]) == 0
+    run = tmp_path / "runs" / "mine"
+    for name in ("config.yaml", "metrics.json", "history.jsonl", "predictions.jsonl", "model/adapter_config.json"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("validation", "test", "parameters", "time", "memory", "versions", "newly_initialised"):
+        assert key in metrics
+    assert metrics["newly_initialised"] == ["classifier"]
+    assert metrics["parameters"]["trainable"] < metrics["parameters"]["total"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 1
+    capsys.readouterr()
+
+    assert main(["eval", str(run)]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["accuracy"] == metrics["test"]["accuracy"]
+    assert main(["eval", str(run), "--data", str(tiny_csv)]) == 0
+    assert "confusion_matrix" in json.loads(capsys.readouterr().out)
+
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text('{"text": "a great lovely film"}\n{"text": "an awful boring plot"}\n')
+    out = tmp_path / "out.jsonl"
+    assert main(["predict", str(run), "--input", str(inputs), "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 and all(r["prediction"] in ("negative", "positive") for r in rows)
+
+
+def test_an_existing_run_or_output_is_never_overwritten(tiny_config, tmp_path, capsys):
+    config = _write_config(tmp_path, tiny_config("full"))
+    assert main(["train", config, "name=kept", "train.epochs=1"]) == 0
+    marker = tmp_path / "runs" / "kept" / "notes.txt"
+    marker.write_text("mine")
+    capsys.readouterr()
+    assert main(["train", config, "name=kept", "train.epochs=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: run folder") and "--overwrite" in err and err.count("\n") == 1
+    assert marker.read_text() == "mine"
+    assert not [p for p in (tmp_path / "runs").iterdir() if p.name.startswith(".")]  # no partial folder left
+
+    inputs = tmp_path / "in.csv"
+    inputs.write_text("text\ngood film\n")
+    out = tmp_path / "out.jsonl"
+    out.write_text("precious")
+    assert main(["predict", str(tmp_path / "runs" / "kept"), "--input", str(inputs), "--output", str(out)]) == 2
+    assert out.read_text() == "precious"
+    assert main(["train", config, "name=kept", "train.epochs=1", "--overwrite"]) == 0
+    assert not marker.exists()
+
+
+def test_errors_for_runs_and_commands(tmp_path, capsys):
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "not a tunelab run folder" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file" in capsys.readouterr().err
+
+
+def test_listing_commands(capsys):
+    for command in ("datasets", "models", "methods", "config"):
+        assert main([command]) == 0
+    out = capsys.readouterr().out
+    for name in ("rotten_tomatoes", "bbc_news", "minilm", "smollm2-135m", "lora", "adapter", "train.epochs"):
+        assert name in out

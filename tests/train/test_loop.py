@@ -1,0 +1,70 @@
+"""The training loop: early stopping with best-weight restore, the non-finite-loss guard, determinism."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunelab.config import load_config
+from tunelab.data import load_splits
+from tunelab.errors import TrainingError
+from tunelab.pipeline import fit, prepare
+
+
+def _fit(cfg_dict, overrides=()):
+    cfg = load_config(cfg_dict, list(overrides))
+    splits = load_splits(cfg.data, "class")
+    logs: list[str] = []
+    adapted = fit(cfg, splits, log=logs.append)
+    return adapted, logs
+
+
+def test_early_stopping_fires_and_restores_the_best_weights(tiny_config):
+    # A learning rate of 0 after warm-up never improves: stop after `patience` evaluations.
+    adapted, logs = _fit(tiny_config("full"), ["train.epochs=6", "train.early_stopping.patience=2",
+                                               "train.learning_rate=1e-9", "train.early_stopping.metric=loss"])
+    state = adapted.state
+    assert state.stopped_early
+    assert state.epoch < 6
+    assert state.epoch - state.best_epoch == 2
+    assert any("early stopping" in line for line in logs)
+    evals = [h for h in state.history if "validation_loss" in h]
+    assert len(evals) == state.epoch
+    best = min(h["validation_loss"] for h in evals)
+    assert state.best_value == pytest.approx(best)
+    # The weights in the model are the best epoch's: re-evaluating gives the best validation loss.
+    splits = load_splits(adapted.cfg.data, "class")
+    assert adapted.evaluate(splits.validation)["loss"] == pytest.approx(best, rel=1e-5)
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tiny_config):
+    cfg = load_config(tiny_config("full"))
+    splits = load_splits(cfg.data, "class")
+    adapted = prepare(cfg, splits, log=lambda _: None)
+    with torch.no_grad():
+        adapted.model.classifier.weight.fill_(float("nan"))
+    with pytest.raises(TrainingError, match=r"training loss became nan at step 1; lower train.learning_rate"):
+        fit(cfg, splits, log=lambda _: None, adapted=adapted)
+
+
+def test_same_seed_same_weights_different_seed_different_weights(tiny_config):
+    a, _ = _fit(tiny_config("lora"), ["train.epochs=1"])
+    b, _ = _fit(tiny_config("lora"), ["train.epochs=1"])
+    c, _ = _fit(tiny_config("lora"), ["train.epochs=1", "train.seed=1"])
+    pa, pb, pc = (dict(x.model.named_parameters()) for x in (a, b, c))
+    name = next(n for n in pa if "lora_B" in n)
+    assert torch.equal(pa[name], pb[name])
+    assert not torch.equal(pa[name], pc[name])
+
+
+def test_history_has_steps_and_epochs(tiny_config):
+    adapted, _ = _fit(tiny_config("lora"), ["train.epochs=2", "train.log_every=1"])
+    steps = [h for h in adapted.state.history if "train_loss" in h]
+    assert [h["step"] for h in steps] == list(range(1, adapted.state.step + 1))
+    assert all(h["learning_rate"] >= 0 for h in steps)
+    assert [h["epoch"] for h in adapted.state.history if "validation_f1" in h] == [1, 2]
+
+
+def test_dropout_override_reaches_the_model(tiny_config):
+    adapted, _ = _fit(tiny_config("full"), ["train.dropout=0.3", "train.epochs=1"])
+    assert adapted.model.config.hidden_dropout_prob == 0.3
+    assert adapted.model.config.attention_probs_dropout_prob == 0.3
