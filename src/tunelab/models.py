@@ -61,13 +61,20 @@ def _smollm2() -> Path:
 
 def convert_gguf(gguf_file: Path, folder: Path) -> None:
     """Dequantize a GGUF checkpoint once into a safetensors folder (written aside, then renamed)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    quiet_transformers()
     print(f"converting {gguf_file.name} to safetensors once (about 20 s); cached in {folder}")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+        # The weights are dequantized by now, but transformers still marks the model as GGUF-quantized and
+        # refuses to save it: drop the marks so that it saves as the plain float model it is.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if folder.exists():  # another process won the race; keep its copy

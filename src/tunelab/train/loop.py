@@ -107,7 +107,7 @@ def train(model: nn.Module, train_batches: Batches, evaluate: Callable[[], dict[
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
             if state.step % cfg.log_every == 0:
-                state.history.append({"step": state.step, "epoch": epoch + state.step / steps_per_epoch - epoch,
+                state.history.append({"step": state.step, "epoch": state.step / steps_per_epoch,
                                       "train_loss": running / cfg.log_every, "learning_rate": scheduler.get_last_lr()[0],
                                       "time": time.time()})
                 running = 0.0

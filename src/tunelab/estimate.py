@@ -1,0 +1,170 @@
+"""Estimates before training: trainable weights, peak memory and training time for each method.
+
+Assumptions (printed with the estimates):
+- time = model load + tokenisation + (steps per epoch × epochs) × seconds per step + one validation
+  pass per epoch, where seconds per step and per evaluation batch are timed on a few real batches
+  of the dataset ("calibration"); early stopping can only make the real run shorter;
+- peak memory = the peak resident memory (or GPU allocation) of a process that loaded the model and
+  ran the calibration steps — optimizer state and activations included — plus the copy of the best
+  weights that training keeps;
+- each method is calibrated in its own process, as `compare` trains it, so figures don't mix.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .config import RunConfig, load_config
+
+CALIBRATION_STEPS = 6
+WARMUP_STEPS = 2
+ASSUMPTIONS = [
+    "training time = load + tokenise + steps x (timed seconds per step) + one validation pass per epoch; "
+    "early stopping can only shorten it",
+    "peak memory = peak resident memory (GPU: allocated) of a process that loaded the model and ran "
+    f"{CALIBRATION_STEPS} timed training steps, plus the kept copy of the best weights",
+    "the calibration uses real batches of the training split, so text lengths match the data",
+]
+
+
+def estimate(config: RunConfig | str | Path | dict, methods: list[str] | None = None,
+             overrides: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    from .compare import _base_dict, default_methods, method_config
+    from .data import load_splits
+    from .tasks import TASKS
+    base = _base_dict(config, overrides)
+    cfg = load_config(base)
+    methods = methods or default_methods(cfg)
+    splits = load_splits(cfg.data, TASKS.get(cfg.task).label_kind)
+    rows = []
+    for method in methods:
+        method_cfg = load_config(method_config(base, method, Path(cfg.output)))
+        log(f"calibrating {method} ({CALIBRATION_STEPS} timed steps)")
+        rows.append(_calibrate_in_subprocess(method, method_cfg))
+    return {"methods": rows, "n_train": len(splits.train), "n_classes": len(splits.labels),
+            "epochs": cfg.train.epochs, "assumptions": ASSUMPTIONS}
+
+
+def _calibrate_in_subprocess(method: str, cfg: RunConfig) -> dict[str, Any]:
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        done = subprocess.run([sys.executable, "-m", "tunelab.estimate", str(path)], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        return {"method": method, "status": "failed", "reason": last.removeprefix("error: ")}
+    return {"method": method, "status": "ok", **json.loads(done.stdout.strip().splitlines()[-1])}
+
+
+def calibrate(cfg: RunConfig) -> dict[str, Any]:
+    """Time a few steps of `cfg`'s method in this process; what `_calibrate_in_subprocess` runs."""
+    from .data import load_splits
+    from .pipeline import prepare
+    from .tasks import TASKS
+    from .train.memory import PeakMemory
+
+    splits = load_splits(cfg.data, TASKS.get(cfg.task).label_kind)
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        adapted = prepare(cfg, splits, log=lambda _: None)
+        load_seconds = time.perf_counter() - start
+        if adapted.method.trains:
+            result = _calibrate_training(adapted, splits, load_seconds)
+        else:
+            result = _calibrate_prompt(adapted, splits, load_seconds)
+    peak = memory.device_peak_mb if memory.device_peak_mb is not None else memory.peak_mb
+    result["peak_memory_mb"] = round(peak + result.pop("kept_copy_mb", 0.0), 1)
+    return result
+
+
+def _calibrate_training(adapted, splits, load_seconds: float) -> dict[str, Any]:
+    import torch
+
+    from .train.batches import Batches
+    from .train.loop import parameter_groups, predict_scores
+    from .train.precision import autocast, device
+
+    cfg, task = adapted.cfg, adapted.task
+    start = time.perf_counter()
+    train_batches = Batches(task, adapted.tokenizer, splits.train, splits.labels, cfg.data.max_length)
+    tokenise_seconds = time.perf_counter() - start
+    model, dev, precision = adapted.model, device(), adapted.precision
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.train.weight_decay), lr=1e-5)
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    batches = train_batches.iterate(cfg.train.batch_size, generator)
+    model.train()
+    step_times = []
+    for i in range(WARMUP_STEPS + CALIBRATION_STEPS):
+        batch = next(batches, None)
+        if batch is None:  # fewer batches than calibration steps: go round again
+            batches = train_batches.iterate(cfg.train.batch_size, generator)
+            batch = next(batches)
+        start = time.perf_counter()
+        with autocast(precision, dev):
+            loss = model(**{k: v.to(dev) for k, v in batch.items()}).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i >= WARMUP_STEPS:
+            step_times.append(time.perf_counter() - start)
+    sample = random.Random(0).sample(splits.validation, min(len(splits.validation), 2 * cfg.train.eval_batch_size))
+    start = time.perf_counter()
+    predict_scores(model, Batches(task, adapted.tokenizer, sample, splits.labels, cfg.data.max_length),
+                   cfg.train.eval_batch_size, precision, dev)
+    eval_per_example = (time.perf_counter() - start) / len(sample)
+    params = adapted.parameters()
+    step = sum(step_times) / len(step_times)
+    steps = train_batches.n_batches(cfg.train.batch_size) * cfg.train.epochs
+    seconds = (load_seconds + tokenise_seconds + steps * step
+               + cfg.train.epochs * len(splits.validation) * eval_per_example)
+    kept = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad) / 2**20
+    return {"fit_seconds": round(seconds, 1), "trainable": params["trainable"], "total": params["total"],
+            "seconds_per_step": round(step, 4), "steps": steps, "load_seconds": round(load_seconds, 2),
+            "kept_copy_mb": kept}
+
+
+def _calibrate_prompt(adapted, splits, load_seconds: float) -> dict[str, Any]:
+    """Prompt search cost: embedding every candidate input once; timed on a sample."""
+    from .methods.prompt import DEFAULT_LABEL_TEMPLATES, DEFAULT_TEMPLATES
+    o = adapted.method.options
+    templates = len(set(DEFAULT_TEMPLATES + o.templates))
+    sample = [e.text for e in splits.validation[:64]]
+    start = time.perf_counter()
+    adapted.method.scorer.embed(sample)
+    per_text = (time.perf_counter() - start) / len(sample)
+    n_labels = len(splits.labels)
+    texts = templates * (len(splits.validation) + min(256, len(splits.train)) + max(o.shots or [0]) * n_labels)
+    texts += len(set(DEFAULT_LABEL_TEMPLATES + o.label_templates)) * n_labels * 3
+    return {"fit_seconds": round(load_seconds + texts * per_text, 1), "trainable": 0,
+            "total": adapted.parameters()["total"], "load_seconds": round(load_seconds, 2)}
+
+
+def format_estimates(result: dict[str, Any]) -> list[str]:
+    lines = [f"{'method':10}{'trainable':>14}{'est. time':>12}{'est. peak memory':>19}"]
+    for r in result["methods"]:
+        if r["status"] != "ok":
+            lines.append(f"{r['method']:10}  failed: {r['reason']}")
+            continue
+        lines.append(f"{r['method']:10}{r['trainable']:>14,}{r['fit_seconds'] / 60:>10.1f} m"
+                     f"{r['peak_memory_mb']:>16.0f} MB")
+    lines.append("assumptions: " + "; ".join(result["assumptions"]))
+    return lines
+
+
+if __name__ == "__main__":  # the calibration process: one method, JSON on the last line of stdout
+    from .errors import TunelabError
+    try:
+        print(json.dumps(calibrate(load_config(sys.argv[1]))))
+    except TunelabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,217 @@
+"""The report of a comparison: `report.html` (self-contained) and `report.md` (+ `figures/`).
+
+Both are rendered from one `Report`, read from the comparison folder that `tunelab compare`
+wrote: `comparison.json` for the table and the advice, each run folder's `metrics.json`,
+`history.jsonl` and `prompt_search.jsonl` for the details. `tunelab report DIR` rebuilds them.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import TunelabError
+from . import plots
+
+TOP_PROMPTS = 10
+PROMPT_COLUMNS = {"template": "input template", "label_template": "label template", "shots": "shots per class",
+                  "weight": "prototype weight", "calibrate": "calibrated"}
+
+
+@dataclass
+class Image:
+    """A figure: `name` is its file stem under figures/, `title` its heading and alt text."""
+    name: str
+    title: str
+    png: bytes
+    caption: str = ""
+
+
+@dataclass
+class Report:
+    title: str
+    facts: list[tuple[str, str]]
+    recommended: str | None
+    recommendation: str
+    table: list[list[str]]
+    failed: dict[str, str]
+    charts: list[Image]
+    curves: Image | None
+    confusions: list[Image]
+    warnings: dict[str, list[str]]
+    prompt_search: dict[str, tuple[list[str], list[list[str]], int]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def images(self) -> list[Image]:
+        return self.charts + ([self.curves] if self.curves else []) + self.confusions
+
+
+def write_report(folder: str | Path) -> tuple[Path, Path]:
+    """Write `report.html` and `report.md` (+ `figures/`) into a comparison folder; returns their paths.
+
+    Every file is written under a temporary name and renamed when complete, so an interrupted
+    run leaves the previous report (or none), never half of one.
+    """
+    from . import html, markdown
+    folder = Path(folder)
+    report = build(folder)
+    scratch = Path(tempfile.mkdtemp(prefix=".report-", dir=folder))
+    try:
+        figures = scratch / "figures"
+        figures.mkdir()
+        for image in report.images():
+            (figures / f"{image.name}.png").write_bytes(image.png)
+        (scratch / "report.md").write_text(markdown.render(report, "figures"), encoding="utf-8")
+        (scratch / "report.html").write_text(html.render(report), encoding="utf-8")
+        old = folder / "figures"
+        if old.exists():
+            old.rename(scratch / "figures.old")
+        figures.rename(old)
+        os.replace(scratch / "report.md", folder / "report.md")
+        os.replace(scratch / "report.html", folder / "report.html")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return folder / "report.html", folder / "report.md"
+
+
+def build(folder: Path) -> Report:
+    """Everything the report shows, read from the comparison folder."""
+    from ..compare import table_rows
+    from ..tasks import TASKS
+    path = folder / "comparison.json"
+    if not path.is_file():
+        raise TunelabError(f"{path} not found; `tunelab report` needs a folder written by `tunelab compare`")
+    comparison = json.loads(path.read_text())
+    metric = comparison["metric"]
+    lower = metric in TASKS.get(comparison["task"]).lower_is_better
+    palette = plots.colors(comparison["methods"] + [r["method"] for r in comparison["rows"]])
+    ok = [r for r in comparison["rows"] if r["status"] == "ok"]
+    failed = {r["method"]: r.get("reason", "unknown reason") for r in comparison["rows"] if r["status"] != "ok"}
+    runs = {r["method"]: _run_folder(folder, r) for r in ok}
+    metrics = {m: _json(run / "metrics.json") or {} for m, run in runs.items()}
+    recommendation = comparison.get("recommendation") or {}
+    chosen = recommendation.get("method")
+
+    charts, notes = _charts(comparison, ok, metric, lower, palette), []
+    missing = [r["method"] for r in ok if metric not in r["test"]]
+    if missing:
+        notes.append(f"Not in the charts, as they have no test {metric}: {', '.join(missing)}.")
+    histories = {m: _jsonl(run / "history.jsonl") for m, run in runs.items()}
+    best = {m: metrics[m].get("best_epoch") for m in runs}
+    curves_png = plots.learning_curves(histories, best, metric, lower, palette)
+    curves = Image("learning_curves", "Learning curves", curves_png,
+                   "Training loss (averaged over logging steps), validation loss and validation "
+                   f"{metric} per epoch. A ring marks the epoch whose weights were kept.") if curves_png else None
+
+    confusions = []
+    for m in runs:
+        cm = (metrics[m].get("test") or {}).get("confusion_matrix")
+        if cm:
+            confusions.append(Image(f"confusion_{_safe(m)}", f"Confusion matrix: {m}",
+                                    plots.confusion(m, cm["labels"], cm["matrix"])))
+
+    warnings = {}
+    for r in comparison["rows"]:
+        m = r["method"]
+        if r["status"] != "ok" or not metrics[m].get("epochs_run", r.get("epochs_run")):
+            warnings[m] = []  # failed, or nothing trained: nothing to check
+        else:
+            warnings[m] = (metrics[m].get("diagnostics") or {}).get("warnings", r.get("warnings", []))
+
+    prompt_search = {m: _prompt_search(run, metric) for m, run in runs.items() if (run / "prompt_search.jsonl").is_file()}
+    return Report(title=f"Comparison: {comparison['name']}", facts=_facts(comparison, lower),
+                  recommended=chosen, recommendation=recommendation.get("text", "no recommendation was made"),
+                  table=_drop_empty_columns(table_rows(comparison), failed), failed=failed, charts=charts, curves=curves, confusions=confusions,
+                  warnings=warnings, prompt_search=prompt_search, notes=notes)
+
+
+def _charts(comparison: dict[str, Any], ok: list[dict[str, Any]], metric: str, lower: bool,
+            palette: dict[str, str]) -> list[Image]:
+    with_metric = [r for r in ok if metric in r["test"]]
+    if not with_metric:
+        return []
+    untrained = [r["method"] for r in with_metric if r["parameters"]["trainable"] == 0]
+    zero = (f" {', '.join(untrained)} trains nothing and is drawn at the position labelled 0." if untrained else "")
+    search = f" For {', '.join(untrained)}, the time is the search over candidate prompts." if untrained else ""
+    out = []
+    for cost, name, title, caption in (
+            ("parameters", "quality_vs_parameters", f"Test {metric} vs. trainable parameters",
+             "Trainable parameters on a log axis." + zero),
+            ("time", "quality_vs_time", f"Test {metric} vs. training time", "Training time." + search)):
+        points = [plots.Point(r["method"], r["parameters"]["trainable"] if cost == "parameters" else r["fit_seconds"],
+                              r["test"][metric], palette[r["method"]]) for r in with_metric]
+        caption += (" The dashed line joins the Pareto frontier: the methods (outlined) that no other method "
+                    "beats at the same or lower cost.")
+        out.append(Image(name, title, plots.quality_vs_cost(points, metric, lower, cost), caption))
+    return out
+
+
+def _drop_empty_columns(table: list[list[str]], failed: dict[str, str]) -> list[list[str]]:
+    """Without the columns no finished method has a value in (a regression has no test accuracy)."""
+    finished = [row for row in table[1:] if row[0] not in failed]
+    keep = [i for i in range(len(table[0])) if i < 3 or any(row[i] for row in finished)]
+    return [[row[i] for i in keep] for row in table]
+
+
+def _facts(comparison: dict[str, Any], lower: bool) -> list[tuple[str, str]]:
+    facts = [("task", comparison["task"]), ("dataset", str(comparison["dataset"])), ("model", str(comparison["model"])),
+             ("methods", ", ".join(comparison["methods"])),
+             ("metric", f"{comparison['metric']} ({'lower' if lower else 'higher'} is better)"),
+             ("split seed", str(comparison.get("seed")))]
+    budget = {k: v for k, v in (comparison.get("budget") or {}).items() if v is not None}
+    if budget:
+        facts.append(("budget", ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in budget.items())))
+    facts.append(("written", datetime.datetime.now().strftime("%Y-%m-%d %H:%M")))
+    return facts
+
+
+def _prompt_search(run: Path, metric: str) -> tuple[list[str], list[list[str]], int]:
+    """The best candidate prompts (the file is sorted best first), as text cells; and how many were tried."""
+    candidates = _jsonl(run / "prompt_search.jsonl")
+    chosen = (_json(run / "model" / "prompt.json") or {}).get("chosen")
+    score = f"validation_{metric}"
+    keys = [k for k in (candidates[0] if candidates else {}) if not k.startswith("validation_")]
+    header = ["rank"] + [PROMPT_COLUMNS.get(k, k) for k in keys] + [f"validation {metric}", "chosen"]
+    rows = []
+    for i, c in enumerate(candidates, start=1):
+        picked = chosen is not None and all(c.get(k) == v for k, v in chosen.items())
+        if i <= TOP_PROMPTS or picked:  # the kept prompt always shows, even when ties push it down the list
+            value = c.get(score)
+            rows.append([str(i)] + [_cell(k, c) for k in keys] + ["" if value is None else f"{value:.4f}",
+                                                                  "✓" if picked else ""])
+    return header, rows, len(candidates)
+
+
+def _cell(key: str, candidate: dict[str, Any]) -> str:
+    value = candidate[key]
+    if key == "weight" and not candidate.get("shots"):
+        return "–"  # zero-shot: no prototypes to weigh
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _run_folder(folder: Path, row: dict[str, Any]) -> Path:
+    # The runs sit inside the comparison folder; prefer that over the recorded path so a moved folder still works.
+    inside = folder / "runs" / row["method"]
+    return inside if inside.is_dir() or not row.get("run_folder") else Path(row["run_folder"])
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)

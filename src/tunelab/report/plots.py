@@ -1,0 +1,208 @@
+"""The report's figures as PNG bytes, drawn with matplotlib's object API on the Agg canvas.
+
+No pyplot: figures are never registered globally, so building a report in a long-lived
+process (a notebook, the compare loop) neither leaks figures nor depends on a display.
+"""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # a report is written on servers without a display
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+DPI = 110
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf"]
+
+
+@dataclass
+class Point:
+    """One method in a quality/cost chart."""
+    method: str
+    cost: float
+    quality: float
+    color: str
+
+
+def colors(methods: list[str]) -> dict[str, str]:
+    """One colour per method, the same in every figure of the report."""
+    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(methods)}
+
+
+def pareto(points: list[Point], lower_is_better: bool) -> list[Point]:
+    """The non-dominated points, cheapest first: no other point is at most as costly and at least as good.
+
+    Walking from the cheapest, a point is on the frontier when it is strictly better than every
+    cheaper one; among equal costs the best comes first, so ties in cost keep only the best.
+    """
+    sign = 1 if lower_is_better else -1
+    frontier: list[Point] = []
+    for p in sorted(points, key=lambda p: (p.cost, sign * p.quality)):
+        if not frontier or sign * p.quality < sign * frontier[-1].quality:
+            frontier.append(p)
+    return frontier
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _count(v: float, _pos: Any = None) -> str:
+    """Parameter counts as people say them: 0 (at x = 1, the stand-in position of zero), 3.17k, 1M."""
+    if v < 0.999:
+        return ""
+    if v < 1.001:
+        return "0"
+    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if v >= size:
+            return f"{v / size:.3g}{suffix}"
+    return f"{v:.3g}"
+
+
+def _seconds(v: float, _pos: Any = None) -> str:
+    return f"{v:g} s" if v < 120 else f"{v / 60:g} min"
+
+
+def quality_vs_cost(points: list[Point], metric: str, lower_is_better: bool, cost: str) -> bytes:
+    """Test metric against trainable parameters (`cost="parameters"`) or training time (`cost="time"`).
+
+    Zero trainable parameters (prompting) cannot sit on a log axis: such points are drawn at
+    x = 1, which the axis labels "0", and their label says so.
+    """
+    fig = Figure(figsize=(5.6, 4.2))
+    FigureCanvasAgg(fig)  # a renderer, to measure the point labels
+    ax = fig.add_subplot()
+    shown = [Point(p.method, max(p.cost, 1.0) if cost == "parameters" else max(p.cost, 0.01), p.quality, p.color)
+             for p in points]
+    costs = [p.cost for p in shown]
+    log_x = cost == "parameters" or (min(costs) > 0 and max(costs) / min(costs) >= 10)
+    if log_x:
+        ax.set_xscale("log")
+    frontier = pareto(shown, lower_is_better)
+    label = "Pareto frontier (best for its cost)" if len(frontier) > 1 else \
+        f"Pareto frontier: {frontier[0].method} alone (best and cheapest)"
+    ax.plot([p.cost for p in frontier], [p.quality for p in frontier], "--", color="#555555", lw=1.2, zorder=1,
+            label=label)
+    on_frontier = {id(p) for p in frontier}
+    for p in shown:
+        ax.scatter([p.cost], [p.quality], s=90, color=p.color, zorder=3, edgecolors="black" if id(p) in on_frontier
+                   else "none", linewidths=1.4)
+    if cost == "parameters":
+        ax.xaxis.set_major_formatter(FuncFormatter(_count))
+        ax.set_xlabel("trainable parameters (log scale)")
+        ax.set_title(f"test {metric} vs. trainable parameters")
+    else:
+        ax.xaxis.set_major_formatter(FuncFormatter(_seconds))
+        ax.set_xlabel("training time" + (" (log scale)" if log_x else ""))
+        ax.set_title(f"test {metric} vs. training time")
+    ax.set_ylabel(f"test {metric} ({'lower' if lower_is_better else 'higher'} is better)")
+    ax.ticklabel_format(axis="y", useOffset=False)  # "+1" offsets above the axis puzzle readers
+    ax.margins(x=0.18, y=0.22)
+    ax.grid(True, alpha=0.3, which="major")
+    legend = ax.legend(loc="best", fontsize=8, frameon=False)
+    fig.draw_without_rendering()  # fixes the limits and the legend, so labels can be measured against them
+    _label_points(ax, shown, log_x, cost, points, [legend])
+    return _png(fig)
+
+
+def _label_points(ax, shown: list[Point], log_x: bool, cost: str, original: list[Point], placed: list) -> None:
+    def position(x: float) -> float:
+        return math.log10(x) if log_x else x
+    xs = [position(p.cost) for p in shown]
+    lo, hi = min(xs), max(xs)
+    for p, raw in zip(shown, original):
+        right_side = hi > lo and (position(p.cost) - lo) / (hi - lo) > 0.7  # keep labels inside the axes
+        text = p.method
+        if cost == "parameters" and raw.cost == 0:
+            text += " (0 trainable)"
+        elif cost == "parameters":
+            text += f" ({_count(raw.cost)})"
+        else:
+            text += f" ({raw.cost:.0f} s)" if raw.cost >= 10 else f" ({raw.cost:.1f} s)"
+        placed.append(_place(ax, text, (p.cost, p.quality), right_side, placed))
+
+
+def _place(ax, text: str, xy: tuple[float, float], right_side: bool, placed: list) -> Any:
+    """Annotate beside the point, trying the four corners until the label overlaps no earlier one."""
+    renderer = ax.figure.canvas.get_renderer()
+    sides = [(-8, "right"), (8, "left")] if right_side else [(8, "left"), (-8, "right")]
+    tries = [(dx, dy, ha) for dy in (7, -16) for dx, ha in sides]
+    for dx, dy, ha in tries:
+        note = ax.annotate(text, xy, textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=9)
+        box = note.get_window_extent(renderer)
+        if not any(box.overlaps(other.get_window_extent(renderer)) for other in placed):
+            return note
+        note.remove()
+    return ax.annotate(text, xy, textcoords="offset points", xytext=tries[0][:2], ha=tries[0][2], fontsize=9)
+
+
+def learning_curves(histories: dict[str, list[dict[str, Any]]], best_epochs: dict[str, int], metric: str,
+                    lower_is_better: bool, palette: dict[str, str]) -> bytes | None:
+    """Train loss, validation loss and the validation metric against epochs, one line per method."""
+    histories = {m: h for m, h in histories.items() if h}
+    if not histories:
+        return None
+    panels = [("train_loss", "training loss"), ("validation_loss", "validation loss")]
+    if metric != "loss":
+        panels.append((f"validation_{metric}", f"validation {metric} ({'lower' if lower_is_better else 'higher'} "
+                                               f"is better)"))
+    fig = Figure(figsize=(4.4 * len(panels), 3.8))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    # Distinct markers too: methods that learned the same thing draw the same line.
+    markers = {m: "osD^v<>ph*"[i % 10] for i, m in enumerate(histories)}
+    for ax, (key, title) in zip(axes, panels):
+        for method, history in histories.items():
+            rows = [r for r in history if isinstance(r.get(key), (int, float))]
+            if not rows:
+                continue
+            xs, ys = [r["epoch"] for r in rows], [r[key] for r in rows]
+            evaluated = key.startswith("validation_")
+            ax.plot(xs, ys, marker=markers[method] if evaluated else None, ms=5, lw=1.5, color=palette[method],
+                    label=method, alpha=0.9)
+            best = [r for r in rows if r["epoch"] == best_epochs.get(method)]
+            if evaluated and best and key == f"validation_{metric}":
+                ax.scatter([best[0]["epoch"]], [best[0][key]], s=140, facecolors="none", edgecolors=palette[method],
+                           linewidths=1.8, zorder=4)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.ticklabel_format(axis="y", useOffset=False)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=8, frameon=False)
+    if len(panels) == 3:
+        axes[2].scatter([], [], s=140, facecolors="none", edgecolors="#555555", label="epoch kept (best)")
+        axes[2].legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def confusion(method: str, labels: list[str], matrix: list[list[int]]) -> bytes:
+    """Counts on the test split, gold labels as rows and predictions as columns."""
+    n = len(labels)
+    side = min(12.0, max(3.0, 0.5 * n + 1.8))
+    fig = Figure(figsize=(side + 0.7, side))
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix, cmap="Blues", vmin=0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="examples")
+    peak = max((v for row in matrix for v in row), default=0)
+    if n <= 25:  # beyond this the numbers would not be readable
+        for i, row in enumerate(matrix):
+            for j, v in enumerate(row):
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=10 if n <= 10 else 7,
+                        color="white" if peak and v > 0.55 * peak else "black")
+    short = [label if len(label) <= 18 else label[:17] + "…" for label in labels]
+    ax.set_xticks(range(n), short, rotation=45 if n > 2 or max(map(len, short)) > 8 else 0,
+                  ha="right" if n > 2 else "center", fontsize=9)
+    ax.set_yticks(range(n), short, fontsize=9)
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("true label")
+    ax.set_title(f"{method}: test split", fontsize=11)
+    return _png(fig)

@@ -1,0 +1,182 @@
+"""The comparison report: built from a real comparison on the tiny model, checked as files and in a browser."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from markupsafe import escape
+
+from tunelab.cli import main
+from tunelab.compare import compare
+from tunelab.errors import TunelabError
+from tunelab.report import write_report
+from tunelab.report.plots import Point, pareto
+
+CHROMIUM = Path("/usr/bin/chromium")
+PNG = b"\x89PNG\r\n\x1a\n"
+METHODS = ["prompt", "lora", "full"]
+
+
+def _config(data: Path, model: Path, task: str, epochs: int) -> dict:
+    # As conftest's `tiny_config`, which is per test: a comparison is trained once per module here.
+    return {"task": task, "model": str(model),
+            "data": {"source": str(data), "max_length": 16, "split": {"validation": 0.2, "test": 0.2}},
+            "method": {"name": "lora"},
+            "methods": {"prompt": {"shots": [0, 4]}},
+            "train": {"epochs": epochs, "batch_size": 8, "precision": "fp32", "log_every": 2,
+                      "early_stopping": {"patience": 0}}}
+
+
+@pytest.fixture(scope="module")
+def classification(tiny_csv, tiny_bert, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("comparisons")
+    result = compare(_config(tiny_csv, tiny_bert, "classification", 2), methods=METHODS, output=out, name="sentiment",
+                     log=lambda _: None)
+    return Path(result["folder"])
+
+
+def _images(page: str) -> list[str]:
+    return re.findall(r'<img[^>]*\ssrc="([^"]*)"', page)
+
+
+def _results_table(page: str) -> str:
+    match = re.search(r'<table id="results-table">.*?</table>', page, re.S)
+    assert match, "the results table is missing"
+    return match.group(0)
+
+
+def test_report_files(classification):
+    page = (classification / "report.html").read_text()
+    md = (classification / "report.md").read_text()
+    comparison = json.loads((classification / "comparison.json").read_text())
+
+    table = _results_table(page)
+    for method in METHODS:
+        assert f"<td>{method}" in table, method
+        assert re.search(rf"^\| (\*\*)?{method}\b", md, re.M), method
+    assert str(escape(comparison["recommendation"]["text"])) in page
+    assert comparison["recommendation"]["text"] in md
+
+    # Self-contained: every image inline, each a real PNG; nothing fetched from elsewhere.
+    sources = _images(page)
+    assert len(sources) == 2 + 1 + len(METHODS)  # two quality/cost charts, the learning curves, a confusion each
+    for src in sources:
+        assert src.startswith("data:image/png;base64,"), src[:60]
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG)
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+    assert "<link" not in page and "<script" not in page
+
+    # The Markdown links the same figures as files next to it.
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(links) == len(sources)
+    for link in links:
+        assert not Path(link).is_absolute()
+        assert (classification / link).read_bytes().startswith(PNG), link
+
+    for section in ("Quality vs. cost", "Learning curves", "Confusion matrices", "Overfitting checks",
+                    "Prompt search: prompt"):
+        assert section in page and section in md, section
+    search = page.split("Prompt search: prompt", 1)[1]
+    assert "✓" in search and search.count("<code>") >= 2  # the templates, and the kept prompt marked
+    assert not list(classification.glob(".report-*")), "a temporary folder was left behind"
+
+
+def test_cli_rebuilds_the_report_with_a_failed_method(classification, tmp_path, capsys):
+    folder = tmp_path / "copy"
+    shutil.copytree(classification, folder)
+    comparison = json.loads((folder / "comparison.json").read_text())
+    comparison["methods"].append("adapter")
+    comparison["rows"].append({"method": "adapter", "family": "peft", "status": "failed",
+                               "reason": "killed by the system (out of memory?)", "seconds": 3.0})
+    (folder / "comparison.json").write_text(json.dumps(comparison))
+    (folder / "report.html").unlink()
+    (folder / "report.md").unlink()
+    (folder / "figures" / "stale.png").write_bytes(PNG)
+
+    assert main(["report", str(folder)]) == 0
+    assert "report.html" in capsys.readouterr().out
+    page = (folder / "report.html").read_text()
+    md = (folder / "report.md").read_text()
+    assert "killed by the system (out of memory?)" in _results_table(page)
+    assert re.search(r"^\| adapter \| peft \| \*\*failed:\*\* killed by the system", md, re.M)
+    assert not (folder / "figures" / "stale.png").exists(), "figures of an earlier report were kept"
+    assert not list(folder.glob(".report-*"))
+
+
+def test_report_of_a_folder_without_comparison(tmp_path, capsys):
+    with pytest.raises(TunelabError, match="comparison.json not found"):
+        write_report(tmp_path)
+    assert main(["report", str(tmp_path)]) == 2
+    assert "tunelab compare" in capsys.readouterr().err
+
+
+def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
+    command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={profile}", *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+CHECK = """<script>
+window.addEventListener("load", () => {
+  const out = document.createElement("pre");
+  out.id = "image-check";
+  out.textContent = JSON.stringify(Array.from(document.images, i => [i.alt, i.complete && i.naturalWidth > 0]));
+  document.body.appendChild(out);
+});
+</script>
+"""
+
+
+def test_report_opens_in_chromium(classification, tmp_path):
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} not found: run `make setup`, which installs Debian's chromium package")
+    page = (classification / "report.html").read_text()
+    # A copy with a script that lists, once the page has loaded, whether each image decoded.
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", CHECK + "</body>"))
+    dom = _chromium("--virtual-time-budget=5000", "--dump-dom", probe.as_uri(), profile=tmp_path / "profile").stdout
+    found = re.search(r'<pre id="image-check">(.*?)</pre>', dom, re.S)
+    assert found, "the page did not finish loading"
+    images = json.loads(html.unescape(found.group(1)))
+    assert len(images) == len(_images(page)) > 0
+    assert [alt for alt, loaded in images if not loaded] == []
+    assert 'id="results-table"' in dom and all(f"<td>{m}" in dom for m in METHODS)
+
+    screenshot = tmp_path / "report.png"
+    _chromium(f"--screenshot={screenshot}", "--window-size=1400,3000", (classification / "report.html").as_uri(),
+              profile=tmp_path / "profile")
+    data = screenshot.read_bytes()
+    assert data.startswith(PNG)
+    assert int.from_bytes(data[16:20], "big") == 1400  # IHDR width: the whole window was drawn
+
+
+def test_regression_report(tiny_regression_csv, tiny_bert, tmp_path):
+    result = compare(_config(tiny_regression_csv, tiny_bert, "regression", 1), methods=["lora", "full"],
+                     output=tmp_path, name="scores", log=lambda _: None)
+    folder = Path(result["folder"])
+    page = (folder / "report.html").read_text()
+    md = (folder / "report.md").read_text()
+    table = _results_table(page)
+    assert "<th>test mse</th>" in table and "<td>lora" in table and "<td>full" in table
+    assert "test accuracy" not in table  # a column no regression fills is left out
+    assert "mse (lower is better)" in page
+    assert "Confusion" not in page and "Confusion" not in md
+    assert len(_images(page)) == 3 and all(s.startswith("data:image/png;base64,") for s in _images(page))
+
+
+def test_pareto_frontier():
+    def points(*pairs):
+        return [Point(f"m{i}", cost, quality, "k") for i, (cost, quality) in enumerate(pairs)]
+    higher = points((0, 0.6), (10, 0.5), (100, 0.8), (1000, 0.8), (1000, 0.9))
+    assert [p.method for p in pareto(higher, lower_is_better=False)] == ["m0", "m2", "m4"]
+    lower = points((5, 1.0), (1, 2.0), (9, 0.5), (7, 1.5))
+    assert [p.method for p in pareto(lower, lower_is_better=True)] == ["m1", "m0", "m2"]
