@@ -37,6 +37,7 @@ test-all: setup
 
 bench: setup
 	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/estimate_accuracy.py configs/demo.yaml
 
 clean:
 	rm -rf $(VENV) runs comparisons .pytest_cache

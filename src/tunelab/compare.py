@@ -75,7 +75,9 @@ def compare(config: RunConfig | str | Path | dict, methods: list[str] | None = N
                   "metric": cfg.train.early_stopping.metric or _task(cfg).default_metric,
                   "budget": {"max_minutes": max_minutes, "max_memory_mb": max_memory_mb}, "rows": rows}
     comparison["recommendation"] = recommend_measured(comparison, _task(cfg))
-    (folder / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")
+    tmp = folder / ".comparison.json.partial"
+    tmp.write_text(json.dumps(comparison, indent=2) + "\n")
+    tmp.replace(folder / "comparison.json")  # written whole or not at all
     from .report import write_report
     write_report(folder)
     _print_table(comparison, log)
@@ -175,13 +177,17 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix.rstrip('.')} {old!r} → {new!r}"]
 
 
+SECOND_METRIC = {"f1": "accuracy", "accuracy": "f1", "precision": "f1", "recall": "f1", "mse": "r2", "mae": "r2",
+                 "r2": "mse", "pearson": "mse"}
+
+
 def table_rows(comparison: dict[str, Any]) -> list[list[str]]:
     """The results table as text cells (shared by the console, report.md and report.html)."""
     metric = comparison["metric"]
-    header = ["method", "family", f"test {metric}", "test accuracy" if metric != "accuracy" else "test loss",
+    second = SECOND_METRIC.get(metric, "loss")
+    header = ["method", "family", f"test {metric}", f"test {second}",
               f"validation {metric}", "trainable params", "trainable %", "train time (s)", "peak memory (MB)",
               "saved size (MB)", "predict (ex/s)"]
-    second = header[3].split()[-1]
     out = [header]
     for r in comparison["rows"]:
         if r["status"] != "ok":

@@ -22,6 +22,10 @@ def label(method: str) -> str:
     return NAMES.get(method, method)
 
 
+def cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def _within_budget(row: dict[str, Any], budget: dict[str, Any]) -> str | None:
     minutes, memory = budget.get("max_minutes"), budget.get("max_memory_mb")
     if minutes is not None and row["fit_seconds"] / 60 > minutes:
@@ -45,23 +49,24 @@ def recommend_measured(comparison: dict[str, Any], task) -> dict[str, Any]:
     def value(r):
         return r["validation"][metric]
 
-    best = min(candidates, key=value) if lower else max(candidates, key=value)
+    sign = 1 if lower else -1
+    best = min(candidates, key=lambda r: (sign * value(r), *_cost(r), r["method"]))  # order-independent
     tolerance = TIE * abs(value(best)) if lower else TIE
     tied = [r for r in candidates if abs(value(r) - value(best)) <= tolerance]
-    chosen = min(tied, key=lambda r: (r["parameters"]["trainable"], r["fit_seconds"], r["method"]))
+    chosen = min(tied, key=lambda r: (*_cost(r), r["method"]))
     sentences = []
     if chosen is best:
-        sentences.append(f"{label(chosen['method'])} has the best validation {metric} ({value(chosen):.4f}).")
-        cheaper = [r for r in candidates if r is not chosen and r["fit_seconds"] < chosen["fit_seconds"]]
+        sentences.append(f"{cap(label(chosen['method']))} has the best validation {metric} ({value(chosen):.4f}).")
+        cheaper = [r for r in candidates if r is not chosen and _cost(r) < _cost(chosen)]
         if cheaper:
-            runner = min(cheaper, key=value) if lower else max(cheaper, key=value)
+            runner = min(cheaper, key=lambda r: (sign * value(r), *_cost(r), r["method"]))
             sentences.append(f"The best cheaper method, {label(runner['method'])}, " + _relative(runner, chosen, metric, lower)
                              + ".")
     else:
-        sentences.append(f"{label(chosen['method'])} " + _relative(chosen, best, metric, lower)
+        sentences.append(f"{cap(label(chosen['method']))} " + _relative(chosen, best, metric, lower)
                          + f" — within {tolerance:.3g} of the best, so the cheaper method wins.")
     for method, why in excluded.items():
-        sentences.append(f"{label(method)} was left out by the budget ({why}).")
+        sentences.append(f"{cap(label(method))} was left out by the budget ({why}).")
     failed = [r["method"] for r in comparison["rows"] if r["status"] != "ok"]
     if failed:
         sentences.append(f"Failed: {', '.join(failed)}.")
@@ -70,14 +75,23 @@ def recommend_measured(comparison: dict[str, Any], task) -> dict[str, Any]:
             "validation": value(chosen), "tolerance": tolerance}
 
 
+def _cost(row: dict[str, Any]) -> tuple[int, float]:
+    """Cheaper: fewer trainable weights first (deterministic), then less training time."""
+    return (row["parameters"]["trainable"], row["fit_seconds"])
+
+
 def _relative(a: dict[str, Any], b: dict[str, Any], metric: str, lower: bool) -> str:
     """"reaches 98% of full fine-tuning's f1 with 1.1% of its trainable weights in 45% of the time"."""
     va, vb = a["validation"][metric], b["validation"][metric]
-    share = (vb / va if lower else va / vb) if va and vb else 0.0
-    weights = a["parameters"]["trainable"] / max(1, b["parameters"]["trainable"])
+    if lower:
+        quality = f"has a validation {metric} of {va:.4f} against {label(b['method'])}'s {vb:.4f}"
+    else:
+        share = va / vb if vb else 0.0
+        quality = f"reaches {share:.0%} of {label(b['method'])}'s validation {metric} ({va:.4f} vs {vb:.4f})"
+    wa, wb = a["parameters"]["trainable"], b["parameters"]["trainable"]
+    weights = "with no trainable weights" if wa == 0 else f"with {wa / max(1, wb):.1%} of its trainable weights"
     time_share = a["fit_seconds"] / max(1e-9, b["fit_seconds"])
-    return (f"reaches {share:.0%} of {label(b['method'])}'s validation {metric} ({va:.4f} vs {vb:.4f}) with "
-            f"{weights:.1%} of its trainable weights in {time_share:.0%} of the time")
+    return f"{quality} {weights} in {time_share:.0%} of the time"
 
 
 def recommend_estimated(estimates: list[dict[str, Any]], n_train: int, n_classes: int,
@@ -97,7 +111,7 @@ def recommend_estimated(estimates: list[dict[str, Any]], n_train: int, n_classes
         e = available[method]
         reason = _within_budget({"fit_seconds": e["fit_seconds"], "peak_memory_mb": e["peak_memory_mb"]}, budget)
         if reason is None:
-            text = f"{label(method)}: the guide for {why}"
+            text = f"{cap(label(method))}: the guide for {why}"
             if skipped:
                 text += "; " + "; ".join(skipped)
             text += (f". Estimated {e['fit_seconds'] / 60:.1f} min and {e['peak_memory_mb']:.0f} MB peak memory, "

@@ -162,8 +162,10 @@ class PromptEngineering(Method):
             if best is None or task.better(metric, value, best[0]) or (value == best[0] and c.cost() < best[1].cost()):
                 best = (value, c)
         self.chosen = best[1]
-        self.search.sort(key=lambda r: -r[f"validation_{metric}"] if metric not in task.lower_is_better
-                         else r[f"validation_{metric}"])
+        # Best first; among equal scores the simpler candidate first, so the kept one leads its ties.
+        sign = 1 if metric in task.lower_is_better else -1
+        self.search.sort(key=lambda r: (sign * r[f"validation_{metric}"],
+                                        Candidate(**{k: r[k] for k in asdict(c)}).cost()))
 
     def scores(self, examples: list[Example]) -> np.ndarray:
         return self._candidate_scores(self.chosen, [e.text for e in examples])

@@ -69,10 +69,10 @@ def write_report(folder: str | Path) -> tuple[Path, Path]:
             (figures / f"{image.name}.png").write_bytes(image.png)
         (scratch / "report.md").write_text(markdown.render(report, "figures"), encoding="utf-8")
         (scratch / "report.html").write_text(html.render(report), encoding="utf-8")
-        old = folder / "figures"
-        if old.exists():
-            old.rename(scratch / "figures.old")
-        figures.rename(old)
+        target = folder / "figures"
+        if target.exists():  # swapped whole, so figures of methods no longer compared do not linger
+            target.rename(scratch / "figures.old")
+        figures.rename(target)
         os.replace(scratch / "report.md", folder / "report.md")
         os.replace(scratch / "report.html", folder / "report.html")
     finally:
@@ -98,7 +98,7 @@ def build(folder: Path) -> Report:
     recommendation = comparison.get("recommendation") or {}
     chosen = recommendation.get("method")
 
-    charts, notes = _charts(comparison, ok, metric, lower, palette), []
+    charts, notes = _charts(ok, metric, lower, palette), []
     missing = [r["method"] for r in ok if metric not in r["test"]]
     if missing:
         notes.append(f"Not in the charts, as they have no test {metric}: {', '.join(missing)}.")
@@ -124,15 +124,15 @@ def build(folder: Path) -> Report:
         else:
             warnings[m] = (metrics[m].get("diagnostics") or {}).get("warnings", r.get("warnings", []))
 
-    prompt_search = {m: _prompt_search(run, metric) for m, run in runs.items() if (run / "prompt_search.jsonl").is_file()}
+    prompt_search = {m: _prompt_search(run, metric) for m, run in runs.items()
+                     if (run / "prompt_search.jsonl").is_file()}
     return Report(title=f"Comparison: {comparison['name']}", facts=_facts(comparison, lower),
                   recommended=chosen, recommendation=recommendation.get("text", "no recommendation was made"),
-                  table=_drop_empty_columns(table_rows(comparison), failed), failed=failed, charts=charts, curves=curves, confusions=confusions,
-                  warnings=warnings, prompt_search=prompt_search, notes=notes)
+                  table=_drop_empty_columns(table_rows(comparison), failed), failed=failed, charts=charts,
+                  curves=curves, confusions=confusions, warnings=warnings, prompt_search=prompt_search, notes=notes)
 
 
-def _charts(comparison: dict[str, Any], ok: list[dict[str, Any]], metric: str, lower: bool,
-            palette: dict[str, str]) -> list[Image]:
+def _charts(ok: list[dict[str, Any]], metric: str, lower: bool, palette: dict[str, str]) -> list[Image]:
     with_metric = [r for r in ok if metric in r["test"]]
     if not with_metric:
         return []

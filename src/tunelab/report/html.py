@@ -50,7 +50,9 @@ ul.warnings li { color: #8a4b00; } .ok { color: #2f7d32; }
 <dl class="facts">{% for k, v in r.facts %}<div><dt>{{ k }}</dt><dd>{{ v }}</dd></div>{% endfor %}</dl>
 
 <section class="advice{% if not r.recommended %} none{% endif %}" id="recommendation">
-<div class="pick">{% if r.recommended %}Recommended: {{ r.recommended }}{% else %}No method to recommend{% endif %}</div>
+<div class="pick">
+{% if r.recommended %}Recommended: {{ r.recommended }}{% else %}No method to recommend{% endif %}
+</div>
 <div>{{ r.recommendation }}</div>
 </section>
 
@@ -62,7 +64,8 @@ ul.warnings li { color: #8a4b00; } .ok { color: #2f7d32; }
 {% if method in r.failed %}<tr class="failed"><td>{{ row[0] }}</td><td>{{ row[1] }}</td>
 <td colspan="{{ row | length - 2 }}">failed: {{ r.failed[method] }}</td></tr>
 {% else %}<tr{% if method == r.recommended %} class="chosen"{% endif %}>{% for cell in row %}
-<td{% if loop.index > 2 %} class="num"{% endif %}>{{ cell }}{% if loop.first and method == r.recommended %} ★{% endif %}</td>{% endfor %}</tr>
+<td{% if loop.index > 2 %} class="num"{% endif %}>{{ cell }}
+{%- if loop.first and method == r.recommended %} ★{% endif %}</td>{% endfor %}</tr>
 {% endif %}{% endfor %}
 </tbody></table></div>
 <p class="note">★ the recommended method. Test columns are for information: the recommendation and early stopping
@@ -82,13 +85,14 @@ use the validation split only.</p>
 <ul>{% for method, found in r.warnings.items() %}
 <li><b>{{ method }}</b>: {% if found %}<ul class="warnings">{% for w in found %}<li>{{ w }}</li>{% endfor %}</ul>
 {% elif method in r.failed %}not checked: the run failed.
-{% elif method in r.prompt_search %}nothing trained, so nothing to overfit; the prompt was chosen on the validation split.
+{% elif method in r.prompt_search %}nothing trained, so nothing to overfit; the prompt was chosen on the validation
+split.
 {% else %}<span class="ok">no warning</span>{% endif %}</li>{% endfor %}</ul>
 
 {% for method, (header, rows, total) in r.prompt_search.items() %}
 <h2 id="prompt-search-{{ method }}">Prompt search: {{ method }}</h2>
-<p class="note">The {{ [total, top] | min }} best of {{ total }} candidate prompts by validation score; ✓ marks the one
-kept (the simplest among the best).</p>
+<p class="note">The {{ [total, top] | min }} best of {{ total }} candidate prompts by validation score; ✓ marks
+the one kept (the simplest among the best).</p>
 <div class="scroll"><table>
 <thead><tr>{% for h in header %}<th>{{ h }}</th>{% endfor %}</tr></thead>
 <tbody>{% for row in rows %}<tr>{% for cell in row %}{% set h = header[loop.index0] %}

@@ -81,13 +81,13 @@ def train(model: nn.Module, train_batches: Batches, evaluate: Callable[[], dict[
     shuffle = torch.Generator().manual_seed(cfg.seed)  # its own generator: data order independent of dropout
     state = TrainState()
     best_weights = _copy_trainable(model)
+    running, since_log = 0.0, 0  # mean training loss since the last history record
 
     for epoch in range(cfg.epochs):
         model.train()
         # A live bar on a terminal only: in logs and CI it would be thousands of carriage returns.
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="step",
                    disable=not sys.stderr.isatty())
-        running = 0.0
         for batch in train_batches.iterate(cfg.batch_size, shuffle):
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(precision, device):
@@ -103,14 +103,14 @@ def train(model: nn.Module, train_batches: Batches, evaluate: Callable[[], dict[
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             loss_value = float(loss.detach())
-            running += loss_value
+            running, since_log = running + loss_value, since_log + 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
             if state.step % cfg.log_every == 0:
                 state.history.append({"step": state.step, "epoch": state.step / steps_per_epoch,
-                                      "train_loss": running / cfg.log_every, "learning_rate": scheduler.get_last_lr()[0],
+                                      "train_loss": running / since_log, "learning_rate": scheduler.get_last_lr()[0],
                                       "time": time.time()})
-                running = 0.0
+                running, since_log = 0.0, 0
         bar.close()
         state.epoch = epoch + 1
 

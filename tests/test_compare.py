@@ -1,0 +1,44 @@
+"""compare: one run per method on the same splits, failures recorded, finished runs reused."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tunelab.compare import compare
+from tunelab.errors import TunelabError
+from tunelab.estimate import estimate
+
+
+def test_compare_records_failures_and_reuses_finished_runs(tiny_config, tmp_path):
+    cfg = tiny_config("lora")
+    cfg["methods"] = {"full": {"freeze_layers": 99}}  # fails inside its own process
+    logs: list[str] = []
+    result = compare(cfg, ["lora", "full"], output=tmp_path / "cmp", name="c", log=logs.append)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert rows["lora"]["status"] == "ok" and rows["lora"]["test"]["f1"] >= 0
+    assert rows["full"]["status"] == "failed"
+    assert "freeze_layers` is 99 but the model has 2 layers" in rows["full"]["reason"]
+    assert result["recommendation"]["method"] == "lora"
+    saved = json.loads((tmp_path / "cmp" / "c" / "comparison.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(result["rows"]))
+    # Both runs saw the same splits.
+    lora_metrics = json.loads((tmp_path / "cmp" / "c" / "runs" / "lora" / "metrics.json").read_text())
+    assert lora_metrics["splits"] == {"train": 72, "validation": 24, "test": 24}
+
+    logs.clear()
+    again = compare(cfg, ["lora"], output=tmp_path / "cmp", name="c", log=logs.append)
+    assert any("reusing the finished run" in line for line in logs)
+    assert again["rows"][0]["test"] == rows["lora"]["test"]
+
+    with pytest.raises(TunelabError, match=r"was trained with another config \(train.epochs 2 → 1\)"):
+        compare(cfg, ["lora"], ["train.epochs=1"], output=tmp_path / "cmp", name="c", log=logs.append)
+
+
+def test_estimate_reports_every_method(tiny_config):
+    result = estimate(tiny_config("lora"), ["prompt", "lora", "full"], log=lambda _: None)
+    rows = {r["method"]: r for r in result["methods"]}
+    assert set(rows) == {"prompt", "lora", "full"}
+    assert all(r["status"] == "ok" and r["fit_seconds"] > 0 and r["peak_memory_mb"] > 100 for r in rows.values())
+    assert rows["prompt"]["trainable"] == 0 < rows["lora"]["trainable"] < rows["full"]["trainable"]
+    assert result["n_train"] == 72 and result["assumptions"]
