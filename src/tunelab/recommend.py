@@ -22,6 +22,10 @@ def label(method: str) -> str:
     return NAMES.get(method, method)
 
 
+def possessive(text: str) -> str:
+    return text + ("'" if text.endswith("s") else "'s")
+
+
 def cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
@@ -84,10 +88,10 @@ def _relative(a: dict[str, Any], b: dict[str, Any], metric: str, lower: bool) ->
     """"reaches 98% of full fine-tuning's f1 with 1.1% of its trainable weights in 45% of the time"."""
     va, vb = a["validation"][metric], b["validation"][metric]
     if lower:
-        quality = f"has a validation {metric} of {va:.4f} against {label(b['method'])}'s {vb:.4f}"
+        quality = f"has a validation {metric} of {va:.4f} against {possessive(label(b['method']))} {vb:.4f}"
     else:
         share = va / vb if vb else 0.0
-        quality = f"reaches {share:.0%} of {label(b['method'])}'s validation {metric} ({va:.4f} vs {vb:.4f})"
+        quality = f"reaches {share:.0%} of {possessive(label(b['method']))} validation {metric} ({va:.4f} vs {vb:.4f})"
     wa, wb = a["parameters"]["trainable"], b["parameters"]["trainable"]
     weights = "with no trainable weights" if wa == 0 else f"with {wa / max(1, wb):.1%} of its trainable weights"
     time_share = a["fit_seconds"] / max(1e-9, b["fit_seconds"])

@@ -69,7 +69,8 @@ def _count(v: float, _pos: Any = None) -> str:
 
 
 def _seconds(v: float, _pos: Any = None) -> str:
-    return f"{v:g} s" if v < 120 else f"{v / 60:g} min"
+    # Round numbers only: a linear axis puts ticks at 125 s, which as minutes would read "2.08333 min".
+    return f"{v:.0f} s" if v < 600 else f"{v / 60:.1f} min"
 
 
 def quality_vs_cost(points: list[Point], metric: str, lower_is_better: bool, cost: str) -> bytes:
