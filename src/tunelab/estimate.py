@@ -24,7 +24,7 @@ import yaml
 
 from .config import RunConfig, load_config
 
-CALIBRATION_STEPS = 6
+CALIBRATION_STEPS = 24
 WARMUP_STEPS = 2
 ASSUMPTIONS = [
     "training time = load + tokenise + steps x (timed seconds per step) + one validation pass per epoch; "
@@ -101,14 +101,10 @@ def _calibrate_training(adapted, splits, load_seconds: float) -> dict[str, Any]:
     model, dev, precision = adapted.model, device(), adapted.precision
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg.train.weight_decay), lr=1e-5)
     generator = torch.Generator().manual_seed(cfg.train.seed)
-    batches = train_batches.iterate(cfg.train.batch_size, generator)
+    batches = _calibration_batches(train_batches, cfg.train.batch_size, generator, WARMUP_STEPS + CALIBRATION_STEPS)
     model.train()
     step_times = []
-    for i in range(WARMUP_STEPS + CALIBRATION_STEPS):
-        batch = next(batches, None)
-        if batch is None:  # fewer batches than calibration steps: go round again
-            batches = train_batches.iterate(cfg.train.batch_size, generator)
-            batch = next(batches)
+    for i, batch in enumerate(batches):
         start = time.perf_counter()
         with autocast(precision, dev):
             loss = model(**{k: v.to(dev) for k, v in batch.items()}).loss
@@ -117,20 +113,36 @@ def _calibrate_training(adapted, splits, load_seconds: float) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         if i >= WARMUP_STEPS:
             step_times.append(time.perf_counter() - start)
-    sample = random.Random(0).sample(splits.validation, min(len(splits.validation), 2 * cfg.train.eval_batch_size))
+    # One whole validation pass, as each epoch of the real run makes.
     start = time.perf_counter()
-    predict_scores(model, Batches(task, adapted.tokenizer, sample, splits.labels, cfg.data.max_length),
+    predict_scores(model, Batches(task, adapted.tokenizer, splits.validation, splits.labels, cfg.data.max_length),
                    cfg.train.eval_batch_size, precision, dev)
-    eval_per_example = (time.perf_counter() - start) / len(sample)
+    eval_seconds = time.perf_counter() - start
     params = adapted.parameters()
     step = sum(step_times) / len(step_times)
     steps = train_batches.n_batches(cfg.train.batch_size) * cfg.train.epochs
     seconds = (load_seconds + tokenise_seconds + steps * step
-               + cfg.train.epochs * len(splits.validation) * eval_per_example)
+               + cfg.train.epochs * eval_seconds)
     kept = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad) / 2**20
     return {"fit_seconds": round(seconds, 1), "trainable": params["trainable"], "total": params["total"],
             "seconds_per_step": round(step, 4), "steps": steps, "load_seconds": round(load_seconds, 2),
             "kept_copy_mb": kept}
+
+
+def _calibration_batches(train_batches, batch_size: int, generator, n: int) -> list[dict]:
+    """The longest batch (the activation peak, untimed as warm-up), then shuffled batches as training sees them.
+
+    Shuffled, not sorted: a random batch is padded to its longest text, and that padding is part
+    of the real cost per step.
+    """
+    longest = sorted(range(len(train_batches)), key=lambda i: -len(train_batches.features[i]["input_ids"]))
+    out = [train_batches.batch(longest[:batch_size])]
+    while len(out) < n:
+        for batch in train_batches.iterate(batch_size, generator):
+            out.append(batch)
+            if len(out) == n:
+                break
+    return out
 
 
 def _calibrate_prompt(adapted, splits, load_seconds: float) -> dict[str, Any]:

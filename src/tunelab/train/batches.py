@@ -24,12 +24,13 @@ class Batches:
         order = torch.randperm(len(self), generator=generator).tolist() if generator is not None \
             else list(range(len(self)))
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            batch = self.tokenizer.pad([self.features[i] for i in idx], return_tensors="pt")
-            batch = dict(batch)
-            if self.targets is not None:
-                batch["labels"] = self.targets[idx]
-            yield batch
+            yield self.batch(order[start:start + batch_size])
+
+    def batch(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        batch = dict(self.tokenizer.pad([self.features[i] for i in idx], return_tensors="pt"))
+        if self.targets is not None:
+            batch["labels"] = self.targets[idx]
+        return batch
 
     def n_batches(self, batch_size: int) -> int:
         return (len(self) + batch_size - 1) // batch_size
