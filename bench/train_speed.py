@@ -50,7 +50,8 @@ def run_trainer(cfg, splits) -> float:
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(output_dir=out, per_device_train_batch_size=cfg.train.batch_size,
                                  num_train_epochs=1, learning_rate=5e-4, weight_decay=cfg.train.weight_decay,
-                                 warmup_ratio=cfg.train.warmup_ratio, bf16=adapted.precision == "bf16",
+                                 warmup_steps=int(cfg.train.warmup_ratio * len(rows) / cfg.train.batch_size),
+                                 bf16=adapted.precision == "bf16",
                                  use_cpu=not torch.cuda.is_available(), save_strategy="no", eval_strategy="no",
                                  report_to=[], logging_steps=10, disable_tqdm=True, seed=cfg.train.seed,
                                  dataloader_num_workers=0)
