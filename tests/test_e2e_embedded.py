@@ -11,15 +11,15 @@ from tunelab.api import train
 pytestmark = pytest.mark.e2e
 
 
-def _config(method: str, tmp_path, **method_options) -> dict:
+def _config(method: str, tmp_path, epochs: int = 1, **method_options) -> dict:
     return {"task": "classification", "model": "minilm",
-            "data": {"source": "rotten_tomatoes", "max_examples": 800, "max_length": 48},
+            "data": {"source": "rotten_tomatoes", "max_examples": 1200, "max_length": 48},
             "method": {"name": method, **method_options},
-            "train": {"epochs": 1, "batch_size": 16}, "output": str(tmp_path)}
+            "train": {"epochs": epochs, "batch_size": 16}, "output": str(tmp_path)}
 
 
 def test_lora_on_rotten_tomatoes_beats_the_majority_class(tmp_path):
-    metrics = train(_config("lora", tmp_path), log=lambda _: None)
+    metrics = train(_config("lora", tmp_path, epochs=2), log=lambda _: None)
     assert metrics["test"]["accuracy"] > 0.65  # majority class: 0.58
     assert metrics["parameters"]["trainable_percent"] < 2
     assert metrics["newly_initialised"] == ["classifier"]

@@ -25,3 +25,15 @@ def load_config(*args, **kwargs):
     """See `tunelab.config.load_config`."""
     from .config import load_config as _load
     return _load(*args, **kwargs)
+
+
+def compare(*args, **kwargs):
+    """See `tunelab.compare.compare`: train several methods on the same splits; returns the table."""
+    from .compare import compare as _compare
+    return _compare(*args, **kwargs)
+
+
+def estimate(*args, **kwargs):
+    """See `tunelab.estimate.estimate`: trainable weights, peak memory and time of each method, before training."""
+    from .estimate import estimate as _estimate
+    return _estimate(*args, **kwargs)

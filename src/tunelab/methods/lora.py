@@ -45,6 +45,7 @@ class PeftMethod(TrainedMethod):
     """Shared by every method that `peft` implements: wrap, save and load the PEFT way."""
 
     def peft_config(self, head_modules: list[str]):
+        """The peft config; pass a copy of `head_modules`: peft extends the list it is given in place."""
         raise NotImplementedError
 
     def prepare(self, model: nn.Module, head_modules: list[str]) -> nn.Module:
@@ -73,7 +74,7 @@ class Lora(PeftMethod):
         from peft import LoraConfig
         o = self.options
         return LoraConfig(r=o.r, lora_alpha=o.alpha, lora_dropout=o.dropout, target_modules=o.target_modules,
-                          use_dora=o.use_dora, modules_to_save=head_modules, task_type="SEQ_CLS")
+                          use_dora=o.use_dora, modules_to_save=list(head_modules), task_type="SEQ_CLS")
 
 
 @register
@@ -87,4 +88,4 @@ class Ia3(PeftMethod):
         from peft import IA3Config
         o = self.options
         return IA3Config(target_modules=o.target_modules, feedforward_modules=o.feedforward_modules,
-                         modules_to_save=head_modules, task_type="SEQ_CLS")
+                         modules_to_save=list(head_modules), task_type="SEQ_CLS")
