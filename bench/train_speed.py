@@ -20,9 +20,9 @@ import torch  # noqa: E402
 from tunelab.config import load_config  # noqa: E402
 from tunelab.data import load_splits  # noqa: E402
 from tunelab.pipeline import prepare  # noqa: E402
-from tunelab.train.batches import Batches  # noqa: E402
-from tunelab.train.loop import train  # noqa: E402
-from tunelab.train.precision import device  # noqa: E402
+from tunelab.training.batches import Batches  # noqa: E402
+from tunelab.training.loop import train  # noqa: E402
+from tunelab.training.precision import device  # noqa: E402
 
 
 def _config(examples: int, precision: str):

@@ -7,7 +7,7 @@ import pytest
 
 from tunelab.compare import compare
 from tunelab.errors import TunelabError
-from tunelab.estimate import estimate
+from tunelab.estimation import estimate
 
 
 def test_compare_records_failures_and_reuses_finished_runs(tiny_config, tmp_path):

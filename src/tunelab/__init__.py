@@ -35,5 +35,5 @@ def compare(*args, **kwargs):
 
 def estimate(*args, **kwargs):
     """See `tunelab.estimate.estimate`: trainable weights, peak memory and time of each method, before training."""
-    from .estimate import estimate as _estimate
+    from .estimation import estimate as _estimate
     return _estimate(*args, **kwargs)

@@ -14,8 +14,8 @@ from .errors import TunelabError
 from .pipeline import fit, reload
 from .runs import RunWriter, read_run, run_name, versions
 from .tasks import TASKS
-from .train.memory import PeakMemory
-from .train.precision import device
+from .training.memory import PeakMemory
+from .training.precision import device
 
 
 def _config(config: RunConfig | str | Path | dict, overrides: list[str] | dict | None) -> RunConfig:

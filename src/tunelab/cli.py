@@ -117,7 +117,7 @@ def _compare(args) -> None:
 
 
 def _estimate(args, recommend: bool = False) -> None:
-    from .estimate import estimate, format_estimates
+    from .estimation import estimate, format_estimates
     from .recommend import recommend_estimated
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     result = estimate(args.config, methods, args.overrides)
@@ -181,8 +181,9 @@ def _print_fields(cls, prefix: str) -> None:
             print(f"{prefix}{f.name} = {default!r}: {docs(cls)[f.name]}")
 
 
-COMMANDS = {"estimate": _estimate, "recommend": lambda a: _estimate(a, recommend=True), "compare": _compare, "report": _report, "train": _train, "eval": _eval, "predict": _predict, "datasets": _datasets, "models": _models,
-            "methods": _methods, "config": _config}
+COMMANDS = {"train": _train, "compare": _compare, "estimate": _estimate,
+            "recommend": lambda args: _estimate(args, recommend=True), "report": _report, "eval": _eval,
+            "predict": _predict, "datasets": _datasets, "models": _models, "methods": _methods, "config": _config}
 
 
 if __name__ == "__main__":

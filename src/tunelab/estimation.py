@@ -58,7 +58,7 @@ def _calibrate_in_subprocess(method: str, cfg: RunConfig) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        done = subprocess.run([sys.executable, "-m", "tunelab.estimate", str(path)], capture_output=True, text=True,
+        done = subprocess.run([sys.executable, "-m", "tunelab.estimation", str(path)], capture_output=True, text=True,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
@@ -71,7 +71,7 @@ def calibrate(cfg: RunConfig) -> dict[str, Any]:
     from .data import load_splits
     from .pipeline import prepare
     from .tasks import TASKS
-    from .train.memory import PeakMemory
+    from .training.memory import PeakMemory
 
     splits = load_splits(cfg.data, TASKS.get(cfg.task).label_kind)
     with PeakMemory() as memory:
@@ -90,9 +90,9 @@ def calibrate(cfg: RunConfig) -> dict[str, Any]:
 def _calibrate_training(adapted, splits, load_seconds: float) -> dict[str, Any]:
     import torch
 
-    from .train.batches import Batches
-    from .train.loop import parameter_groups, predict_scores
-    from .train.precision import autocast, device
+    from .training.batches import Batches
+    from .training.loop import parameter_groups, predict_scores
+    from .training.precision import autocast, device
 
     cfg, task = adapted.cfg, adapted.task
     start = time.perf_counter()
