@@ -19,9 +19,9 @@ from .config import RunConfig
 from .data import Example, Splits
 from .methods import METHODS, Method, TrainedMethod, count_parameters, head_modules
 from .tasks import TASKS, Task
-from .train.batches import Batches
-from .train.loop import TrainState, predict_scores, train
-from .train.precision import device, resolve
+from .training.batches import Batches
+from .training.loop import TrainState, predict_scores, train
+from .training.precision import device, resolve
 
 
 @dataclass
