@@ -96,3 +96,36 @@ def tiny_config(tiny_csv, tiny_bert, tmp_path):
             node[last] = value
         return cfg
     return make
+
+
+GEN_WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"]
+
+
+@pytest.fixture(scope="session")
+def tiny_generation_jsonl(tmp_path_factory) -> Path:
+    """60 prompt/response pairs: "repeat red cat" → "red cat"."""
+    import json
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("data") / "tiny_generation.jsonl"
+    with path.open("w") as f:
+        for _ in range(60):
+            a, b = rng.sample(GEN_WORDS, 2)
+            f.write(json.dumps({"prompt": f"repeat {a} {b}", "response": f"{a} {b}"}) + "\n")
+    return path
+
+
+@pytest.fixture
+def tiny_generation_config(tiny_generation_jsonl, tiny_llama, tmp_path):
+    """A config dict for a fast generation run on the tiny Llama."""
+    def make(method: str = "lora", **generation) -> dict:
+        return {
+            "task": "generation", "model": str(tiny_llama),
+            "data": {"source": str(tiny_generation_jsonl), "max_length": 32,
+                     "split": {"validation": 0.1, "test": 0.1}},
+            "method": {"name": method},
+            "generation": {"max_new_tokens": 4, **generation},
+            "train": {"epochs": 1, "batch_size": 8, "precision": "fp32", "log_every": 2,
+                      "early_stopping": {"patience": 0}},
+            "output": str(tmp_path / "runs"),
+        }
+    return make

@@ -211,7 +211,7 @@ def test_override_of_an_option_on_the_method_shorthand():
 
 def test_unknown_task():
     assert the_problem({"task": "sumarize"}) == \
-        "`task`: unknown task 'sumarize'; choose one of: classification, regression"
+        "`task`: unknown task 'sumarize'; choose one of: classification, generation, regression"
 
 
 def test_unknown_model_alias():
@@ -222,7 +222,8 @@ def test_unknown_model_alias():
 
 def test_unknown_dataset():
     problem = the_problem({"data": {"source": "imdb"}})
-    assert problem == ("`data.source`: 'imdb' is neither a built-in dataset (bbc_news, rotten_tomatoes) "
+    assert problem == ("`data.source`: 'imdb' is neither a built-in dataset (bbc_news, bible_parallel, chatterbot, "
+                       "rotten_tomatoes) "
                        "nor an existing file or folder")
 
 

@@ -13,7 +13,7 @@ from .diagnostics import overfitting_warnings
 from .errors import TunelabError
 from .pipeline import fit, reload
 from .runs import RunWriter, read_run, run_name, versions
-from .tasks import TASKS
+from .tasks import task_for
 from .training.memory import PeakMemory
 from .training.precision import device
 
@@ -31,7 +31,7 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | N
     `config` is a `RunConfig`, a YAML path or a dict; `overrides` are dotted `key=value` strings.
     """
     cfg = _config(config, overrides)
-    task = TASKS.get(cfg.task)
+    task = task_for(cfg)
     splits = load_splits(cfg.data, task.label_kind)  # all data checks happen before a model is loaded
     folder = Path(cfg.output) / run_name(cfg)
     writer = RunWriter(folder, overwrite)
@@ -75,7 +75,7 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | N
         writer.yaml("config.yaml", cfg.to_dict())
         writer.json("metrics.json", metrics)
         writer.jsonl("history.jsonl", state.history if state else [])
-        writer.jsonl("predictions.jsonl", _prediction_rows(task, splits.test, test_scores, splits.labels))
+        writer.jsonl("predictions.jsonl", task.prediction_rows(splits.test, test_scores, splits.labels))
         if not adapted.method.trains:
             writer.jsonl("prompt_search.jsonl", adapted.method.search)
         run_folder = writer.commit()
@@ -93,24 +93,14 @@ def _diagnostics(adapted, splits, validation: dict[str, Any]) -> dict[str, Any]:
         return {"metric": None, "train": None, "warnings": []}
     task = adapted.task
     metric = adapted.cfg.train.early_stopping.metric or task.default_metric
-    sample = random.Random(adapted.cfg.train.seed).sample(splits.train, min(len(splits.train), 1000))
+    sample = random.Random(adapted.cfg.train.seed).sample(splits.train, min(len(splits.train),
+                                                                            task.diagnostic_sample))
     train_metrics = adapted.evaluate(sample)
     state = adapted.state
     warnings = overfitting_warnings(state.history, metric, train_metrics.get(metric), validation.get(metric),
                                     state.stopped_early, metric in task.lower_is_better)
     keep = {k: v for k, v in train_metrics.items() if isinstance(v, float)}
     return {"metric": metric, "train": keep, "warnings": warnings}
-
-
-def _prediction_rows(task, examples, scores, labels):
-    predictions = task.predictions(scores, labels)
-    for e, pred, row in zip(examples, predictions, scores):
-        out = {"text": e.text, "prediction": pred}
-        if e.label is not None:
-            out["label"] = e.label
-        if labels:
-            out["scores"] = {label: round(float(s), 6) for label, s in zip(labels, row)}
-        yield out
 
 
 def _summary(metrics: dict[str, Any], log: Callable[[str], None]) -> None:
@@ -137,7 +127,7 @@ def _run_labels(folder: Path) -> list[str]:
 def evaluate(run: str | Path, data: str | Path | None = None) -> dict[str, Any]:
     """Metrics of a finished run on `data` (a file with the run's columns), or on its own test split."""
     folder, cfg, labels = _load_run(run)
-    task = TASKS.get(cfg.task)
+    task = task_for(cfg)
     if data is None:
         examples = load_splits(cfg.data, task.label_kind).test
     else:
@@ -154,7 +144,7 @@ def evaluate(run: str | Path, data: str | Path | None = None) -> dict[str, Any]:
 def predict(run: str | Path, input: str | Path, output: str | Path, overwrite: bool = False) -> int:
     """Write one JSON line of prediction per input row; returns the number of rows."""
     folder, cfg, labels = _load_run(run)
-    task = TASKS.get(cfg.task)
+    task = task_for(cfg)
     output = Path(output)
     if output.exists() and not overwrite:
         raise TunelabError(f"{output} exists already; choose another --output or pass --overwrite")
@@ -165,7 +155,7 @@ def predict(run: str | Path, input: str | Path, output: str | Path, overwrite: b
     output.parent.mkdir(parents=True, exist_ok=True)
     import json
     with tmp.open("w", encoding="utf-8") as f:
-        for row in _prediction_rows(task, examples, scores, labels):
+        for row in task.prediction_rows(examples, scores, labels):
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     tmp.replace(output)
     return len(examples)

@@ -25,17 +25,8 @@ from .recommend import recommend_measured
 
 
 def default_methods(cfg: RunConfig) -> list[str]:
-    """Every registered method that fits the task and the model family."""
-    family = models.family(models.resolve(cfg.model)) if cfg.model in models.MODELS or Path(cfg.model).is_dir() \
-        else "encoder"
-    out = []
-    for name, method in METHODS.items():
-        if cfg.task not in method.tasks:
-            continue
-        if name == "prompt" and family != "encoder":  # label log-likelihood scoring for decoders is not built yet
-            continue
-        out.append(name)
-    return out
+    """Every registered method that fits the task (prompt scores with encoders and decoders alike)."""
+    return [name for name, method in METHODS.items() if cfg.task in method.tasks]
 
 
 def method_config(base: dict[str, Any], name: str, folder: Path) -> dict[str, Any]:

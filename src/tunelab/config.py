@@ -22,7 +22,9 @@ from .typed import build, fraction, non_negative, option, positive, to_dict
 class SplitConfig:
     validation: float = option(0.1, "Fraction of the examples held out for validation (model selection).", fraction)
     test: float = option(0.1, "Fraction held out for the final test; never used for a choice.", fraction)
-    seed: int = option(0, "Seed of the stratified shuffle; the same seed gives the same splits for every method.")
+    seed: int = option(0, "Seed of the stratified shuffle; the same seed gives the same splits for every method. "
+                       "Examples with a group (a Bible book, a chatbot question) are split by group: a group "
+                       "never straddles two splits.")
 
 
 @dataclass
@@ -30,7 +32,9 @@ class DataConfig:
     source: str = option("rotten_tomatoes", "A built-in dataset name (`tunelab datasets`) or a path to a "
                          ".csv, .jsonl, .json or .parquet file, or a saved `datasets` folder.")
     columns: dict[str, str] = option(doc="Which file column plays which role: `text`, `label`, optional "
-                                     "`text_pair`.", factory=lambda: {"text": "text", "label": "label"})
+                                     "`text_pair`; for generation `prompt` and `response`, or `source` and "
+                                     "`target`, or `messages` (a list of {role, content}; the last assistant "
+                                     "message is the answer).", factory=lambda: {"text": "text", "label": "label"})
     labels: list[str] | None = option(None, "The label set, in order. Unset: the sorted labels found in the "
                                       "data. Set: any other label is an error.")
     validation_file: str | None = option(None, "A separate validation file; then no validation split is cut.")
@@ -69,6 +73,37 @@ class TrainConfig:
     log_every: int = option(10, "Record the training loss every this many steps.", positive)
 
 
+def _has_source(v: str) -> str | None:
+    return None if "{source}" in v else "must contain {source}, where the example's prompt goes"
+
+
+def _top_p(v: float) -> str | None:
+    return None if 0 < v <= 1 else "must be above 0 and at most 1"
+
+
+@dataclass
+class GenerationConfig:
+    """Options of the `generation` task: how prompts are written, truncated, and answered."""
+    template: str = option("{source}", "How a prompt (the `prompt` or `source` column) is written for the model; "
+                           "`{source}` marks where the text goes, e.g. \"Translate English to French:\\n{source}\\n\". "
+                           "Not used for `messages` data, whose turns are given as they are.", _has_source)
+    chat_template: Literal["auto", "on", "off"] = option("auto", "Render the prompt through the tokenizer's chat "
+                                                         "template: `auto` where it has one, `on` (an error without "
+                                                         "one), `off`: plain text ending in a newline.")
+    truncation_side: Literal["left", "right"] = option("left", "Which end of prompt + answer is cut when it is longer "
+                                                       "than data.max_length. `left` drops the prompt's start and "
+                                                       "keeps the answer; `right` drops the answer's end. Prompts "
+                                                       "for generation always keep their last tokens.")
+    max_new_tokens: int = option(64, "Longest generated answer, in tokens.", positive)
+    num_beams: int = option(1, "Beam-search width; 1 is greedy (or sampling with do_sample).", positive)
+    do_sample: bool = option(False, "Sample tokens instead of choosing the most likely (seeded by train.seed).")
+    temperature: float = option(1.0, "Sampling temperature (with do_sample); lower is more conservative.", positive)
+    top_p: float = option(1.0, "Nucleus sampling (with do_sample): sample from the smallest set of tokens whose "
+                          "probability reaches top_p.", _top_p)
+    stop: list[str] = option(doc="Strings that end an answer: the output is cut at the first one found.",
+                             factory=list)
+
+
 @dataclass
 class MethodConfig:
     """`name` picks the method; its options are that method's own typed dataclass."""
@@ -78,12 +113,15 @@ class MethodConfig:
 
 @dataclass
 class RunConfig:
-    task: str = option("classification", "What is learned: `classification` or `regression`.")
+    task: str = option("classification", "What is learned: `classification`, `regression` or `generation` "
+                       "(instruction, chat or translation fine-tuning of a decoder).")
     model: str = option("minilm", "A built-in alias (`tunelab models`) or a local Hugging Face model folder.")
     data: DataConfig = option(doc="Where the examples come from and how they are split.", factory=DataConfig)
     method: MethodConfig = option(doc="The adaptation method and its options.",
                                   factory=lambda: MethodConfig("lora", None))
     train: TrainConfig = option(doc="Optimisation and early stopping.", factory=TrainConfig)
+    generation: GenerationConfig = option(doc="Prompts, truncation and decoding of the `generation` task.",
+                                          factory=GenerationConfig)
     methods: dict[str, dict[str, Any]] = option(doc="Per-method options used by `tunelab compare`, e.g. "
                                                 "{lora: {r: 16}, full: {freeze_layers: 2}}.", factory=dict)
     output: str = option("runs", "Folder that receives run folders.")
@@ -213,6 +251,10 @@ def validate(cfg: RunConfig) -> list[str]:
         if metric is not None and metric not in task.metric_names:
             problems.append(f"`train.early_stopping.metric` {metric!r} is not a {cfg.task} metric; choose one of: "
                             f"{', '.join(task.metric_names)}")
+        if cfg.data.source in DATASETS and "generation" in (cfg.task, DATASETS.get(cfg.data.source).task) and \
+                cfg.task != DATASETS.get(cfg.data.source).task:
+            problems.append(f"`data.source` {cfg.data.source!r} is a {DATASETS.get(cfg.data.source).task} dataset, "
+                            f"not one for task {cfg.task!r}")
         missing_roles = [r for r in task.required_columns if r not in cfg.data.columns]
         if missing_roles and cfg.data.source not in DATASETS:
             problems.append(f"`data.columns` must name the {', '.join(missing_roles)} column(s) for {cfg.task}")

@@ -91,7 +91,7 @@ def _calibrate_training(adapted, splits, load_seconds: float) -> dict[str, Any]:
     import torch
 
     from .training.batches import Batches
-    from .training.loop import parameter_groups, predict_scores
+    from .training.loop import parameter_groups
     from .training.precision import autocast, device
 
     cfg, task = adapted.cfg, adapted.task
@@ -115,8 +115,7 @@ def _calibrate_training(adapted, splits, load_seconds: float) -> dict[str, Any]:
             step_times.append(time.perf_counter() - start)
     # One whole validation pass, as each epoch of the real run makes.
     start = time.perf_counter()
-    predict_scores(model, Batches(task, adapted.tokenizer, splits.validation, splits.labels, cfg.data.max_length),
-                   cfg.train.eval_batch_size, precision, dev)
+    adapted.scores(splits.validation, with_loss=True)  # the task's own pass: generating, for generation
     eval_seconds = time.perf_counter() - start
     params = adapted.parameters()
     step = sum(step_times) / len(step_times)

@@ -18,9 +18,9 @@ from . import models
 from .config import RunConfig
 from .data import Example, Splits
 from .methods import METHODS, Method, TrainedMethod, count_parameters, head_modules
-from .tasks import TASKS, Task
+from .tasks import Task, task_for
 from .training.batches import Batches
-from .training.loop import TrainState, predict_scores, train
+from .training.loop import TrainState, train
 from .training.precision import device, resolve
 
 
@@ -40,9 +40,9 @@ class Adapted:
     def scores(self, examples: list[Example], with_loss: bool = False) -> tuple[np.ndarray, float | None]:
         if not self.method.trains:
             return self.method.scores(examples), None
-        batches = Batches(self.task, self.tokenizer, examples, self.labels, self.cfg.data.max_length,
-                          with_targets=with_loss)
-        return predict_scores(self.model, batches, self.cfg.train.eval_batch_size, self.precision, device())
+        return self.task.outputs(self.model, self.tokenizer, examples, self.labels,
+                                 max_length=self.cfg.data.max_length, batch_size=self.cfg.train.eval_batch_size,
+                                 precision=self.precision, device=device(), with_loss=with_loss)
 
     def evaluate(self, examples: list[Example]) -> dict[str, Any]:
         scores, loss = self.scores(examples, with_loss=self.method.trains)
@@ -79,17 +79,17 @@ def base_loader(cfg: RunConfig, task: Task, labels: list[str], tokenizer) -> Cal
 
 def prepare(cfg: RunConfig, splits: Splits, log: Callable[[str], None] = print) -> Adapted:
     """Load the model the method needs and make it ready: frozen, wrapped, or attached to a scorer."""
-    task = TASKS.get(cfg.task)
+    task = task_for(cfg)
     method = METHODS.get(cfg.method.name)(cfg.method.options)
     folder = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(folder)
     if not method.trains:
         model = _load_prompt_model(method, folder, cfg, tokenizer, splits.labels)
-        return Adapted(cfg, task, splits.labels, method, tokenizer, model, "fp32", [], [])
+        return Adapted(cfg, task, splits.labels, method, tokenizer, model, method.scorer.precision, [], [])
     load = base_loader(cfg, task, splits.labels, tokenizer)
     model = load()
     heads = head_modules(model, load.newly_initialised)
-    model = method.prepare(model, heads).to(device())
+    model = method.prepare(model, heads, task.peft_task_type).to(device())
     precision = resolve(cfg.train.precision, device())
     return Adapted(cfg, task, splits.labels, method, tokenizer, model, precision, load.newly_initialised, heads)
 
@@ -119,23 +119,30 @@ def fit(cfg: RunConfig, splits: Splits, log: Callable[[str], None] = print,
 
 
 def _load_prompt_model(method, folder: Path, cfg: RunConfig, tokenizer, labels: list[str]):
-    from transformers import AutoModel
+    """The model a prompt method scores with: the bare encoder, or a decoder with its language-model head."""
+    from transformers import AutoModel, AutoModelForCausalLM
 
     from .methods.prompt import scorer_for
-    models.quiet_transformers()
     family = models.family(folder)
     if family == "encoder":
-        model = AutoModel.from_pretrained(folder, use_safetensors=not cfg.allow_unsafe_weights,
-                                          trust_remote_code=False)
+        model, _ = models.load_model(AutoModel, folder, allow_unsafe=cfg.allow_unsafe_weights)
+        precision = "fp32"
     else:
-        model = None
-    method.attach(scorer_for(family, model, tokenizer, cfg.data.max_length, cfg.train.eval_batch_size), labels)
+        # A folder without a language-model head (a bare `AutoModel` save) gets a random one: seed it, so that
+        # a reload scores exactly as the run did.
+        torch.manual_seed(cfg.train.seed)
+        model, _ = models.load_model(AutoModelForCausalLM, folder, allow_unsafe=cfg.allow_unsafe_weights)
+        model.to(device())
+        precision = resolve(cfg.train.precision, device())
+    model.eval()
+    method.attach(scorer_for(family, model, tokenizer, method.options, cfg.data.max_length,
+                             cfg.train.eval_batch_size, precision), labels)
     return model
 
 
 def reload(cfg: RunConfig, run_folder: Path, labels: list[str]) -> Adapted:
     """The adapted model of a finished run, from its saved files."""
-    task = TASKS.get(cfg.task)
+    task = task_for(cfg)
     method = METHODS.get(cfg.method.name)(cfg.method.options)
     folder = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(folder)
@@ -143,7 +150,7 @@ def reload(cfg: RunConfig, run_folder: Path, labels: list[str]) -> Adapted:
     if not method.trains:
         model = _load_prompt_model(method, folder, cfg, tokenizer, labels)
         method.load(saved, method.scorer)
-        return Adapted(cfg, task, labels, method, tokenizer, model, "fp32", [], [])
+        return Adapted(cfg, task, labels, method, tokenizer, model, method.scorer.precision, [], [])
     load = base_loader(cfg, task, labels, tokenizer)
     model = method.load(saved, load)
     model.to(device()).eval()

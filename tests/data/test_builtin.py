@@ -21,7 +21,9 @@ def bbc_news():
 
 def test_registered_names():
     assert {"bbc_news", "rotten_tomatoes"} <= set(DATASETS.names())
-    assert all(d.task == "classification" for _, d in DATASETS.items())
+    assert {"chatterbot", "bible_parallel"} <= set(DATASETS.names())
+    assert DATASETS.get("bbc_news").task == DATASETS.get("rotten_tomatoes").task == "classification"
+    assert all(d.task in ("classification", "generation") for _, d in DATASETS.items())
 
 
 def test_rotten_tomatoes(rotten_tomatoes):

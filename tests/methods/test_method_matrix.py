@@ -1,4 +1,4 @@
-"""Every registered method × every task it supports × both model families (encoder, decoder)."""
+"""Every registered method × every task it supports × both model families (encoder, decoder; generation: decoder)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,6 @@ import torch
 from tunelab.api import evaluate, train
 from tunelab.config import load_config
 from tunelab.data import load_splits
-from tunelab.errors import ConfigError
 from tunelab.methods import METHODS
 from tunelab.methods.base import snapshot
 from tunelab.pipeline import fit, prepare, reload
@@ -18,14 +17,14 @@ from tunelab.tasks import TASKS
 
 # The matrix is written out so that a newly registered method fails here until it is added.
 MATRIX = {
-    "full": ["classification", "regression"],
-    "lora": ["classification", "regression"],
-    "ia3": ["classification", "regression"],
-    "adapter": ["classification", "regression"],
+    "full": ["classification", "regression", "generation"],
+    "lora": ["classification", "regression", "generation"],
+    "ia3": ["classification", "regression", "generation"],
+    "adapter": ["classification", "regression", "generation"],
     "prompt": ["classification"],
 }
 CASES = [(m, t, f) for m, tasks in MATRIX.items() for t in tasks for f in ("bert", "llama")
-         if not (m == "prompt" and f == "llama")]
+         if t != "generation" or f == "llama"]
 
 
 def test_every_registered_method_is_in_the_matrix():
@@ -35,6 +34,8 @@ def test_every_registered_method_is_in_the_matrix():
 
 
 def _config(tiny_config, method, task, family, request, tiny_regression_csv):
+    if task == "generation":
+        return load_config(request.getfixturevalue("tiny_generation_config")(method))
     model = request.getfixturevalue(f"tiny_{family}")
     cfg = tiny_config(method, model)
     if task == "regression":
@@ -65,7 +66,7 @@ def test_trains_only_what_it_should(method, task, family, tiny_config, request, 
     changed = [n for n in trainable if not torch.equal(before[n], dict(adapted.model.named_parameters())[n])]
     # LoRA's A matrices get no gradient while B is still zero, so require most, not all, to move.
     assert len(changed) >= 0.5 * len(trainable), f"only {len(changed)} of {len(trainable)} trainable tensors changed"
-    head = [n for n in changed if any(h in n for h in ("classifier", "score"))]
+    head = [n for n in changed if any(h in n for h in ("classifier", "score", "lm_head"))]
     assert head, "the task head was not trained"
 
 
@@ -78,7 +79,9 @@ def test_save_load_gives_equal_predictions(method, task, family, tiny_config, re
     splits = load_splits(cfg.data, TASKS.get(task).label_kind)
     adapted = reload(cfg, __import__("pathlib").Path(folder), splits.labels)
     scores, _ = adapted.scores(splits.test)
-    if task == "classification":
+    if task == "generation":
+        assert scores.texts == [row["prediction"] for row in saved]
+    elif task == "classification":
         saved_scores = np.array([[row["scores"][label] for label in splits.labels] for row in saved])
         np.testing.assert_allclose(scores, saved_scores, atol=1e-5)
     else:
@@ -87,9 +90,3 @@ def test_save_load_gives_equal_predictions(method, task, family, tiny_config, re
     key = TASKS.get(task).default_metric
     assert again[key] == pytest.approx(metrics["test"][key], abs=1e-6)
 
-
-def test_prompt_on_a_decoder_says_what_is_missing(tiny_config, tiny_llama):
-    cfg = load_config(tiny_config("prompt", tiny_llama))
-    splits = load_splits(cfg.data, "class")
-    with pytest.raises(ConfigError, match="decoder model needs label log-likelihood scoring"):
-        prepare(cfg, splits)

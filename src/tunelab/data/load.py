@@ -1,7 +1,9 @@
 """From a `DataConfig` to validated train/validation/test splits — before any model is loaded."""
 from __future__ import annotations
 
+import json
 import math
+import random
 from collections import Counter
 from typing import Any
 
@@ -15,7 +17,7 @@ from .files import read_rows
 
 
 def load_splits(cfg: DataConfig, label_kind: str) -> Splits:
-    """`label_kind` is "class" (classification) or "number" (regression)."""
+    """`label_kind` is "class" (classification), "number" (regression) or "text" (generation)."""
     if cfg.source in DATASETS:
         examples = DATASETS.get(cfg.source).load()
         where = cfg.source
@@ -42,6 +44,8 @@ def load_splits(cfg: DataConfig, label_kind: str) -> Splits:
 
 def rows_to_examples(rows: list[tuple[str, dict[str, Any]]], cfg: DataConfig, label_kind: str,
                      need_label: bool = True) -> list[Example]:
+    if label_kind == "text":
+        return _generation_examples(rows, cfg, need_label)
     text_col = cfg.columns.get("text", "text")
     label_col = cfg.columns.get("label", "label")
     pair_col = cfg.columns.get("text_pair")
@@ -81,6 +85,62 @@ def rows_to_examples(rows: list[tuple[str, dict[str, Any]]], cfg: DataConfig, la
             label = _label_str(label)
         out.append(Example(str(text), label, pair, origin))
     return out
+
+
+def _generation_examples(rows: list[tuple[str, dict[str, Any]]], cfg: DataConfig, need_label: bool) -> list[Example]:
+    """Rows of `prompt`/`response`, `source`/`target`, or `messages` → examples (text: prompt, label: answer)."""
+    cols = cfg.columns
+    origin0, first = rows[0]
+    file = origin0.rsplit(" ", 2)[0]
+    if "messages" in cols or ("messages" in first and not {"prompt", "source"} & set(cols)):
+        col = cols.get("messages", "messages")
+        if col not in first:
+            raise DataError(f"{file}: no column {col!r} (columns: {', '.join(map(str, first))}); set "
+                            f"data.columns.messages to the column that holds the conversation")
+        return [_conversation(origin, row.get(col), col, need_label) for origin, row in rows]
+    prompt_role = "source" if "source" in cols else "prompt"
+    answer_role = "target" if "target" in cols else "response"
+    prompt_col, answer_col = cols.get(prompt_role, prompt_role), cols.get(answer_role, answer_role)
+    for role, col in [(prompt_role, prompt_col)] + ([(answer_role, answer_col)] if need_label else []):
+        if col not in first:
+            raise DataError(f"{file}: no column {col!r} (columns: {', '.join(map(str, first))}); set "
+                            f"data.columns.{role} to the column that holds the {role} (or give `messages`)")
+    out = []
+    for origin, row in rows:
+        prompt, answer = row.get(prompt_col), row.get(answer_col)
+        if prompt is None or not str(prompt).strip():
+            raise DataError(f"{origin}: empty text in column {prompt_col!r}; fill it in or remove the row")
+        if answer is None or not str(answer).strip():
+            if need_label:
+                raise DataError(f"{origin}: empty answer in column {answer_col!r}; fill it in or remove the row")
+            answer = None
+        out.append(Example(str(prompt), None if answer is None else str(answer), origin=origin))
+    return out
+
+
+def _conversation(origin: str, value: Any, col: str, need_label: bool) -> Example:
+    if isinstance(value, str):  # a CSV cell holds the list as JSON text
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            value = None
+    if not isinstance(value, list) or not value or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in value):
+        raise DataError(f"{origin}: column {col!r} must be a list of {{\"role\": ..., \"content\": ...}} "
+                        f"messages, got {str(value)[:80]!r}")
+    turns = [{"role": m["role"], "content": m["content"]} for m in value]
+    if turns[-1]["role"] == "assistant":
+        answer, turns = turns[-1]["content"], turns[:-1]
+    elif need_label:
+        raise DataError(f"{origin}: the last message must be the answer to learn (role 'assistant'), got role "
+                        f"{turns[-1]['role']!r}; end each conversation with the assistant's reply")
+    else:
+        answer = None
+    if not turns:
+        raise DataError(f"{origin}: the conversation has an answer but no prompt; add the user's message")
+    last_user = next((m["content"] for m in reversed(turns) if m["role"] == "user"), turns[-1]["content"])
+    return Example(last_user, answer, origin=origin, messages=turns)
 
 
 def _label_str(value: Any) -> str:
@@ -134,7 +194,9 @@ def _split(examples: list[Example], val: float, test: float, label_kind: str, se
         rest, test_set = _cut(examples, test, label_kind, seed, "test", where)
     val_set = []
     if val > 0:
-        rest, val_set = _cut(rest, val / (1 - test), label_kind, seed, "validation", where)
+        # A group split drops the tail of the last held-out group, so count from the original size.
+        frac = val * len(examples) / len(rest) if _grouped(examples) else val / (1 - test)
+        rest, val_set = _cut(rest, frac, label_kind, seed, "validation", where)
     return rest, val_set, test_set
 
 
@@ -144,8 +206,33 @@ def _cut(examples: list[Example], frac: float, label_kind: str, seed: int, name:
         raise DataError(f"{where}: data.split.{name} = {frac:.3g} of {len(examples)} examples leaves the {name} "
                         f"split {'empty' if n_out == 0 else 'with everything'}; add examples or change "
                         f"data.split.{name}")
+    if _grouped(examples):
+        return _group_cut(examples, n_out, seed, name, where)
     strat = _stratify_sizes(examples, label_kind, n_out)
     return train_test_split(examples, test_size=n_out, random_state=seed, stratify=strat)
+
+
+def _grouped(examples: list[Example]) -> bool:
+    return bool(examples) and all(e.group is not None for e in examples)
+
+
+def _group_cut(examples: list[Example], n_out: int, seed: int, name: str, where: str):
+    """Whole groups, shuffled by `seed`, are held out until they hold `n_out` examples; the held-out side is
+    trimmed to exactly `n_out` (the trimmed rest of the last group is dropped, never put back into training)."""
+    sizes = Counter(e.group for e in examples)
+    order = sorted(sizes)
+    random.Random(seed).shuffle(order)
+    held: list[str] = []
+    for group in order:
+        if sum(sizes[g] for g in held) >= n_out:
+            break
+        held.append(group)
+    if len(held) == len(order):
+        raise DataError(f"{where}: holding out {n_out} examples for {name} takes every group ({len(order)}); "
+                        f"lower data.split.{name} or add examples")
+    rank = {g: i for i, g in enumerate(held)}
+    out = sorted((e for e in examples if e.group in rank), key=lambda e: rank[e.group])[:n_out]
+    return [e for e in examples if e.group not in rank], out
 
 
 def _check_splits(splits: Splits, cfg: DataConfig, label_kind: str, labels: list[str]) -> None:

@@ -106,7 +106,7 @@ class BottleneckAdapter(TrainedMethod):
     default_learning_rate = 1e-3
     description = "bottleneck adapters after attention/feed-forward blocks (Houlsby or Pfeiffer)"
 
-    def prepare(self, model: nn.Module, head_modules: list[str]) -> nn.Module:
+    def prepare(self, model: nn.Module, head_modules: list[str], task_type: str = "SEQ_CLS") -> nn.Module:
         freeze_all(model)
         insert_adapters(model, self.options)
         for module in model.modules():

@@ -36,10 +36,15 @@ class Method:
 
 
 class TrainedMethod(Method):
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "regression", "generation")
     default_learning_rate: ClassVar[float] = 5e-4
 
-    def prepare(self, model: nn.Module, head_modules: list[str]) -> nn.Module:
-        """Freeze what is not trained (and wrap the model where the method needs to)."""
+    def prepare(self, model: nn.Module, head_modules: list[str], task_type: str = "SEQ_CLS") -> nn.Module:
+        """Freeze what is not trained (and wrap the model where the method needs to).
+
+        `task_type` is peft's name for the task's model kind (`SEQ_CLS`, `CAUSAL_LM`: `Task.peft_task_type`);
+        methods outside peft do not need it.
+        """
         raise NotImplementedError
 
     def save(self, model: nn.Module, folder: Path) -> None:

@@ -40,7 +40,7 @@ class FullFineTuning(TrainedMethod):
     default_learning_rate = 5e-5
     description = "every weight trained (optionally freezing the lowest layers)"
 
-    def prepare(self, model: nn.Module, head_modules: list[str]) -> nn.Module:
+    def prepare(self, model: nn.Module, head_modules: list[str], task_type: str = "SEQ_CLS") -> nn.Module:
         for p in model.parameters():
             p.requires_grad_(True)
         n = self.options.freeze_layers

@@ -44,14 +44,14 @@ class Ia3Options:
 class PeftMethod(TrainedMethod):
     """Shared by every method that `peft` implements: wrap, save and load the PEFT way."""
 
-    def peft_config(self, head_modules: list[str]):
+    def peft_config(self, head_modules: list[str], task_type: str):
         """The peft config; pass a copy of `head_modules`: peft extends the list it is given in place."""
         raise NotImplementedError
 
-    def prepare(self, model: nn.Module, head_modules: list[str]) -> nn.Module:
+    def prepare(self, model: nn.Module, head_modules: list[str], task_type: str = "SEQ_CLS") -> nn.Module:
         from peft import get_peft_model
         try:
-            return get_peft_model(model, self.peft_config(head_modules))
+            return get_peft_model(model, self.peft_config(head_modules, task_type))
         except ValueError as e:  # e.g. a target module that the model does not have
             raise ConfigError(f"method {self.name}: {e}") from None
 
@@ -70,11 +70,11 @@ class Lora(PeftMethod):
     default_learning_rate = 5e-4
     description = "low-rank updates of frozen weights, through peft (use_dora for DoRA)"
 
-    def peft_config(self, head_modules: list[str]):
+    def peft_config(self, head_modules: list[str], task_type: str):
         from peft import LoraConfig
         o = self.options
         return LoraConfig(r=o.r, lora_alpha=o.alpha, lora_dropout=o.dropout, target_modules=o.target_modules,
-                          use_dora=o.use_dora, modules_to_save=list(head_modules), task_type="SEQ_CLS")
+                          use_dora=o.use_dora, modules_to_save=list(head_modules), task_type=task_type)
 
 
 @register
@@ -84,8 +84,8 @@ class Ia3(PeftMethod):
     default_learning_rate = 3e-3
     description = "learned rescaling of keys, values and feed-forward activations, through peft"
 
-    def peft_config(self, head_modules: list[str]):
+    def peft_config(self, head_modules: list[str], task_type: str):
         from peft import IA3Config
         o = self.options
         return IA3Config(target_modules=o.target_modules, feedforward_modules=o.feedforward_modules,
-                         modules_to_save=list(head_modules), task_type="SEQ_CLS")
+                         modules_to_save=list(head_modules), task_type=task_type)

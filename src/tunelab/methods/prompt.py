@@ -1,55 +1,82 @@
 """Prompt engineering: no gradient training, a search over prompts on the validation split.
 
-A candidate prompt is a template for the input (task description + `{text}`), a template that
-describes each label through its verbalizer words, a number of demonstrations per class, and
-whether scores are calibrated. `fit` scores every candidate on the validation split and keeps
-the best (ties go to the simpler candidate, so it never picks something worse on validation than
-the plain zero-shot prompt). How one candidate scores labels depends on the model family:
+A candidate prompt is a template for the input (`{text}`), a template that frames each label's
+verbalizer words (`{label}`), a number of demonstrations per class, and whether scores are
+calibrated. `fit` scores every candidate on the validation split (or a seeded subset of it) and
+keeps the best; ties go to the simpler candidate (fewer demonstrations, then no calibration, then
+the earlier, built-in one), so it never picks something worse on the search examples than the
+plain zero-shot prompt. Every candidate's score is kept in `search`.
 
-- encoders (`EmbeddingScorer`): zero-shot by cosine similarity between the templated input's
-  mean-pooled embedding and each label description's; few-shot mixes in class prototypes, the
-  mean embedding of k labelled examples per class:  s_c = (1 − w)·cos(x, d_c) + w·cos(x, p_c).
-- decoders: label log-likelihood scoring — not yet: see `scorer_for`.
+How one candidate scores labels depends on the model family, in two small back-ends:
 
-Calibration subtracts each label's mean score over unlabelled training inputs, which removes a
-label's blanket advantage (the idea of Zhao et al. 2021, "Calibrate Before Use").
+- encoders, `prompt_encoder.EmbeddingScorer`: cosine similarity of embeddings, with class
+  prototypes for few-shot:  s_c = (1 − w)·cos(x, d_c) + w·cos(x, p_c).
+- decoders, `prompt_decoder.LikelihoodScorer`: the log-likelihood of each label's verbalizer
+  words after the prompt (task description, demonstrations, input), optionally through the
+  tokenizer's chat template.
+
+Calibration follows Zhao et al. 2021, "Calibrate Before Use" (https://arxiv.org/abs/2102.09690):
+a label's blanket advantage under the prompt is measured on inputs that say nothing about the
+label (content-free strings for decoders, unlabelled training inputs for encoders) and removed;
+each back-end states its formula.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import numpy as np
-import torch
 
 from ..data import Example
-from ..errors import ConfigError, TunelabError
-from ..typed import option
+from ..errors import TunelabError
+from ..typed import non_negative, option, positive
 from .base import Method
+from .prompt_encoder import DEFAULT_LABEL_TEMPLATES, DEFAULT_TEMPLATES, EmbeddingScorer  # noqa: F401 (estimate)
 from .registry import register
 
-DEFAULT_TEMPLATES = ["{text}", "Text: {text}", "{description} {text}", "Review: {text}"]
-DEFAULT_LABEL_TEMPLATES = ["{label}", "This is {label}.", "It is {label}.", "A {label} text."]
+
+def _counts(v: list[int] | None) -> str | None:
+    return None if v is None or all(k >= 0 for k in v) else "must be zero or more each"
 
 
 @dataclass
 class PromptOptions:
-    description: str = option("Classify the text.", "Task description, available to templates as {description}.")
+    description: str = option("Classify the text.", "Task description: heads a decoder's prompt; available to "
+                              "templates as {description}.")
     templates: list[str] = option(doc="Extra input templates with a {text} placeholder, tried with the built-in ones.",
                                   factory=list)
-    label_templates: list[str] = option(doc="Extra label descriptions with a {label} placeholder, tried with the "
-                                        "built-in ones.", factory=list)
+    label_templates: list[str] = option(doc="Extra label templates with a {label} placeholder, tried with the "
+                                        "built-in ones. Decoders score the words at {label}; what follows is only "
+                                        "shown in demonstrations.", factory=list)
     verbalizers: dict[str, list[str]] = option(doc="Words that describe each label (label → words). Unset: the "
-                                               "label's own name.", factory=dict)
-    shots: list[int] = option(doc="Demonstrations per class to try (0 = zero-shot).", factory=lambda: [0, 4, 16, 64])
-    prototype_weights: list[float] = option(doc="Weights w of the class prototypes to try in few-shot scoring.",
-                                            factory=lambda: [0.5, 0.8, 1.0])
+                                               "label's own name. Decoders try both.", factory=dict)
+    shots: list[int] | None = option(None, "Demonstrations per class to try (0 = zero-shot). Unset: [0, 4, 16, 64] "
+                                     "for encoders (one embedding each), [0, 1] for decoders (each one lengthens "
+                                     "every prompt).", _counts)
+    prototype_weights: list[float] = option(doc="Encoders: weights w of the class prototypes to try in few-shot "
+                                            "scoring.", factory=lambda: [0.5, 0.8, 1.0])
     calibrate: list[bool] = option(doc="Whether to try calibrated scores.", factory=lambda: [False, True])
-    seed: int = option(0, "Seed of the choice of demonstrations.")
+    seed: int = option(0, "Seed of the choice of demonstrations and of the search subset.")
+    search_examples: int | None = option(None, "Search on a seeded subset of this many validation examples (the "
+                                         "chosen prompt is still evaluated on the whole splits). Unset: all.", positive)
+    chat_template: Literal["auto", "on", "off"] = option("auto", "Decoders: render the prompt through the "
+                                                         "tokenizer's chat template (one user/assistant turn per "
+                                                         "demonstration). auto: when the tokenizer has one.")
+    length_normalise: bool = option(True, "Decoders: score a word by its mean token log-probability (true) or "
+                                    "the sum (false, which favours short words).")
+    demonstrations: Literal["balanced", "random", "nearest"] = option(
+        "balanced", "Decoders: how demonstrations are chosen: `balanced` (shots of each class), `random` (shots × "
+        "classes from all), `nearest` (the shots × classes training examples most similar to the input).")
+    order: Literal["random", "similar_last"] = option("random", "Decoders: demonstration order: seeded `random`, "
+                                                      "or `similar_last` (the one most similar to the input last).")
+    embedder: str = option("minilm", "Decoders: the model whose mean-pooled embeddings measure similarity for "
+                           "`nearest` and `similar_last`: a model alias or encoder folder, or `self` (the decoder's "
+                           "own hidden states).")
+    demonstration_pool: int = option(1000, "Decoders: demonstrations come from a seeded sample of this many "
+                                     "training examples.", non_negative)
 
 
 @dataclass(frozen=True)
@@ -57,45 +84,56 @@ class Candidate:
     template: str
     label_template: str
     shots: int
-    weight: float
     calibrate: bool
+    weight: float | None = None  # encoders: the prototypes' weight
+    verbalizer: str | None = None  # decoders: "label" (the label names) or "words" (the configured verbalizers)
 
     def cost(self) -> tuple:  # simpler first: fewer demonstrations, no calibration, built-in order
-        return (self.shots, self.calibrate, self.weight)
+        return (self.shots, self.calibrate, self.weight or 0.0)
+
+    def row(self) -> dict[str, Any]:
+        """The fields that apply to this candidate's back-end (the report's columns)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-def _render(template: str, text: str, description: str) -> str:
-    return template.replace("{text}", text).replace("{description}", description)
+class Scorer(Protocol):
+    """What the method asks of a back-end (`EmbeddingScorer`, `LikelihoodScorer`)."""
 
+    default_shots: list[int]  # `shots` when the config leaves it unset
+    precision: str  # "fp32" or "bf16" (autocast), for the run's metrics
 
-class EmbeddingScorer:
-    """Scores labels by embedding similarity; for encoder models (`AutoModel`)."""
+    def setup(self, train: list[Example], labels: list[str], options: PromptOptions) -> None:
+        """Draw what candidates need from the training split (demonstrations, calibration inputs), seeded."""
 
-    def __init__(self, model, tokenizer, max_length: int, batch_size: int):
-        self.model, self.tokenizer = model.eval(), tokenizer
-        self.max_length, self.batch_size = max_length, batch_size
-        self._cache: dict[str, np.ndarray] = {}
+    def candidates(self) -> list[dict[str, Any]]:
+        """Each candidate's `Candidate` fields, in the order ties are broken."""
 
-    @torch.no_grad()
+    def raw_scores(self, c: Candidate, texts: list[str]) -> np.ndarray:
+        """[texts, labels] scores under candidate `c`, uncalibrated."""
+
+    def bias(self, c: Candidate) -> np.ndarray:
+        """Each label's advantage under `c` on inputs that say nothing about the label."""
+
+    def calibrated(self, raw: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        """`raw` scores with the bias removed."""
+
+    def state(self, c: Candidate) -> dict[str, Any]:
+        """What prompt.json needs to score as `c` again (its demonstrations, for one)."""
+
+    def restore(self, state: dict[str, Any], labels: list[str], options: PromptOptions) -> None:
+        """Score as the saved candidate again."""
+
     def embed(self, texts: list[str]) -> np.ndarray:
-        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        for start in range(0, len(missing), self.batch_size):
-            chunk = missing[start:start + self.batch_size]
-            enc = self.tokenizer(chunk, truncation=True, max_length=self.max_length, padding=True,
-                                 return_tensors="pt")
-            hidden = self.model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # mean pooling, as the encoder was trained
-            pooled = torch.nn.functional.normalize(pooled.float(), dim=-1).numpy()
-            self._cache.update(zip(chunk, pooled))
-        return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 1))
+        """Unit-length embeddings (`tunelab recommend` times them to estimate a search)."""
 
 
-def scorer_for(family: str, model, tokenizer, max_length: int, batch_size: int):
+def scorer_for(family: str, model, tokenizer, options: PromptOptions, max_length: int, batch_size: int,
+               precision: str = "fp32") -> Scorer:
+    """The scoring back-end of a model family (`model` is an `AutoModel` or `AutoModelForCausalLM`)."""
     if family == "encoder":
         return EmbeddingScorer(model, tokenizer, max_length, batch_size)
-    raise ConfigError("method prompt on a decoder model needs label log-likelihood scoring, which tunelab does not "
-                      "have yet; use an encoder model (e.g. model: minilm) or a trained method")
+    from .prompt_decoder import LikelihoodScorer
+    return LikelihoodScorer(model, tokenizer, options, max_length, batch_size, precision)
 
 
 @register
@@ -105,67 +143,44 @@ class PromptEngineering(Method):
     tasks = ("classification",)
     trains = False
     family = "prompt"
-    description = "prompt search: templates, label descriptions, demonstrations; no gradient training"
+    description = "prompt search: templates, verbalizers, demonstrations, calibration; no gradient training"
 
     def attach(self, scorer, labels: list[str]) -> None:
         self.scorer, self.labels = scorer, labels
-
-    # -- what a candidate needs ------------------------------------------------------------
-    def _label_vectors(self, label_template: str) -> np.ndarray:
-        rows = []
-        for label in self.labels:
-            words = self.options.verbalizers.get(label) or [label]
-            vecs = self.scorer.embed([label_template.replace("{label}", w) for w in words])
-            rows.append(vecs.mean(0))
-        return _normalise(np.stack(rows))
-
-    def _prototypes(self, template: str, demos: dict[str, list[str]], k: int) -> np.ndarray:
-        rows = [self.scorer.embed([_render(template, t, self.options.description) for t in demos[label][:k]]).mean(0)
-                for label in self.labels]
-        return _normalise(np.stack(rows))
-
-    def _raw_scores(self, c: Candidate, texts: list[str]) -> np.ndarray:
-        x = self.scorer.embed([_render(c.template, t, self.options.description) for t in texts])
-        scores = x @ self._label_vectors(c.label_template).T
-        if c.shots:
-            scores = (1 - c.weight) * scores + c.weight * (x @ self._prototypes(c.template, self.demos, c.shots).T)
-        return scores
+        if self.options.shots is None:  # resolved here, so the run's config.yaml records what was searched
+            self.options.shots = list(scorer.default_shots)
 
     def _candidate_scores(self, c: Candidate, texts: list[str]) -> np.ndarray:
-        scores = self._raw_scores(c, texts)
-        return scores - self.bias[c] if c.calibrate else scores
+        scores = self.scorer.raw_scores(c, texts)
+        if not c.calibrate:
+            return scores
+        if c not in self.bias:
+            self.bias[c] = self.scorer.bias(c)
+        return self.scorer.calibrated(scores, self.bias[c])
 
     # -- fit, predict, save, load -----------------------------------------------------------
     def fit(self, train: list[Example], validation: list[Example], task, metric: str) -> None:
         o = self.options
-        rng = random.Random(o.seed)
-        by_label = {label: [e.text for e in train if e.label == label] for label in self.labels}
-        most = max([0] + o.shots)
-        self.demos = {label: rng.sample(texts, min(most, len(texts))) for label, texts in by_label.items()}
-        # Unlabelled inputs for calibration: never the validation or test split.
-        self.calibration_texts = rng.sample([e.text for e in train], min(256, len(train)))
-        templates = list(dict.fromkeys(DEFAULT_TEMPLATES + o.templates))
-        label_templates = list(dict.fromkeys(DEFAULT_LABEL_TEMPLATES + o.label_templates))
-        candidates = []
-        for t, lt, k, cal in itertools.product(templates, label_templates, sorted(set(o.shots)), o.calibrate):
-            for w in (sorted(set(o.prototype_weights)) if k else [0.0]):
-                candidates.append(Candidate(t, lt, k, w, cal))
-        self.bias = {}
-        texts = [e.text for e in validation]
+        self.scorer.setup(train, self.labels, o)
+        searched = validation
+        if o.search_examples and o.search_examples < len(validation):
+            searched = random.Random(o.seed).sample(validation, o.search_examples)
+        texts = [e.text for e in searched]
+        self.bias: dict[Candidate, np.ndarray] = {}
         self.search: list[dict[str, Any]] = []
         best = None
-        for c in candidates:
-            if c.calibrate:
-                self.bias[c] = self._raw_scores(c, self.calibration_texts).mean(0)
-            value = task.metrics(self._candidate_scores(c, texts), validation, self.labels)[metric]
-            self.search.append({**asdict(c), f"validation_{metric}": value})
+        for c in (Candidate(**fields_) for fields_ in self.scorer.candidates()):
+            value = task.metrics(self._candidate_scores(c, texts), searched, self.labels)[metric]
+            self.search.append({**c.row(), f"validation_{metric}": value})
             if best is None or task.better(metric, value, best[0]) or (value == best[0] and c.cost() < best[1].cost()):
                 best = (value, c)
         self.chosen = best[1]
+        self.search_examples = len(searched)
         # Best first; among equal scores the simpler candidate first, so the kept one leads its ties.
         sign = 1 if metric in task.lower_is_better else -1
+        names = {f.name for f in fields(Candidate)}
         self.search.sort(key=lambda r: (sign * r[f"validation_{metric}"],
-                                        Candidate(**{k: r[k] for k in asdict(c)}).cost()))
+                                        Candidate(**{k: v for k, v in r.items() if k in names}).cost()))
 
     def scores(self, examples: list[Example]) -> np.ndarray:
         return self._candidate_scores(self.chosen, [e.text for e in examples])
@@ -174,10 +189,10 @@ class PromptEngineering(Method):
         folder.mkdir(parents=True, exist_ok=True)
         c = self.chosen
         state = {"method": "prompt", "labels": self.labels, "description": self.options.description,
-                 "verbalizers": self.options.verbalizers, "chosen": asdict(c),
-                 "demonstrations": {label: texts[:c.shots] for label, texts in self.demos.items()},
+                 "verbalizers": self.options.verbalizers, "options": asdict(self.options), "chosen": c.row(),
+                 **self.scorer.state(c),
                  "calibration_bias": self.bias[c].tolist() if c.calibrate else None,
-                 "search": self.search}
+                 "search_examples": self.search_examples, "search": self.search}
         (folder / "prompt.json").write_text(json.dumps(state, indent=2, ensure_ascii=False))
 
     def load(self, folder: Path, scorer) -> None:
@@ -185,14 +200,14 @@ class PromptEngineering(Method):
         if not path.is_file():
             raise TunelabError(f"{path} not found; is this a run of method prompt?")
         state = json.loads(path.read_text())
-        self.options.description = state["description"]
-        self.options.verbalizers = state["verbalizers"]
+        # The saved options win over the config's: the run predicts as it did when it was fitted.
+        saved = {**state.get("options", {}), "description": state["description"],
+                 "verbalizers": state["verbalizers"]}
+        for key, value in saved.items():
+            setattr(self.options, key, value)
         self.attach(scorer, state["labels"])
         self.chosen = Candidate(**state["chosen"])
-        self.demos = state["demonstrations"]
+        scorer.restore(state, self.labels, self.options)
         self.search = state["search"]
+        self.search_examples = state.get("search_examples")
         self.bias = {self.chosen: np.array(state["calibration_bias"])} if state["calibration_bias"] else {}
-
-
-def _normalise(m: np.ndarray) -> np.ndarray:
-    return m / np.linalg.norm(m, axis=-1, keepdims=True).clip(min=1e-12)

@@ -1,22 +1,35 @@
-"""What a task defines: how examples become model inputs and targets, and how scores become
-predictions and metrics. Methods never look inside a task, and tasks never know the method."""
+"""What a task defines: how examples become model inputs and targets, how a model's outputs are
+read back as predictions, and which metrics apply. Methods never look inside a task, and tasks
+never know the method.
+
+The defaults here serve tasks that score a fixed label set (classification, regression): one
+forward pass gives a score array per example. A task whose outputs are not scores (generation)
+overrides `encode`/`collate` (token-level labels) and `outputs` (what the model produces).
+"""
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..data import Example
 
 
 class Task:
     name: ClassVar[str]
-    label_kind: ClassVar[str]  # "class" or "number"
+    label_kind: ClassVar[str]  # "class", "number" or "text": how data/load.py reads the target column
     required_columns: ClassVar[tuple[str, ...]] = ("text", "label")
     metric_names: ClassVar[tuple[str, ...]]
     default_metric: ClassVar[str]
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
+    peft_task_type: ClassVar[str] = "SEQ_CLS"  # peft's name for the model kind this task trains
+    diagnostic_sample: ClassVar[int] = 1000  # train examples scored for the train/validation gap
+
+    def configure(self, cfg) -> "Task":
+        """The task with the run's own options (`RunConfig`); tasks without options return themselves."""
+        return self
 
     def auto_class(self):
         raise NotImplementedError
@@ -24,13 +37,14 @@ class Task:
     def model_kwargs(self, labels: list[str]) -> dict[str, Any]:
         raise NotImplementedError
 
-    def targets(self, examples: list[Example], labels: list[str]) -> torch.Tensor:
+    def targets(self, examples: list[Example], labels: list[str]) -> torch.Tensor | None:
+        """One target per example, or None where `encode` puts the targets in the features."""
         raise NotImplementedError
 
-    def predictions(self, scores: np.ndarray, labels: list[str]) -> list[Any]:
+    def predictions(self, outputs: Any, labels: list[str]) -> list[Any]:
         raise NotImplementedError
 
-    def metrics(self, scores: np.ndarray, examples: list[Example], labels: list[str]) -> dict[str, Any]:
+    def metrics(self, outputs: Any, examples: list[Example], labels: list[str]) -> dict[str, Any]:
         raise NotImplementedError
 
     def better(self, metric: str, new: float, old: float | None) -> bool:
@@ -45,3 +59,25 @@ class Task:
         enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
         keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in enc]
         return [{k: enc[k][i] for k in keys} for i in range(len(texts))]
+
+    def collate(self, tokenizer, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        """Encoded examples → one padded batch of tensors."""
+        return dict(tokenizer.pad(features, return_tensors="pt"))
+
+    def outputs(self, model: nn.Module, tokenizer, examples: list[Example], labels: list[str], *, max_length: int,
+                batch_size: int, precision: str, device: torch.device, with_loss: bool) -> tuple[Any, float | None]:
+        """What the model produces for `examples` (here: a score array) and the mean loss where asked."""
+        from ..training.batches import Batches
+        from ..training.loop import predict_scores
+        batches = Batches(self, tokenizer, examples, labels, max_length, with_targets=with_loss)
+        return predict_scores(model, batches, batch_size, precision, device)
+
+    def prediction_rows(self, examples: list[Example], outputs: Any, labels: list[str]) -> Iterator[dict[str, Any]]:
+        """One JSON-ready row per example for predictions.jsonl."""
+        for e, pred, row in zip(examples, self.predictions(outputs, labels), outputs):
+            out = {"text": e.text, "prediction": pred}
+            if e.label is not None:
+                out["label"] = e.label
+            if labels:
+                out["scores"] = {label: round(float(s), 6) for label, s in zip(labels, row)}
+            yield out

@@ -12,6 +12,7 @@ from ..data import Example
 class Batches:
     def __init__(self, task, tokenizer, examples: list[Example], labels: list[str], max_length: int,
                  with_targets: bool = True):
+        self.task = task
         self.tokenizer = tokenizer
         self.features = task.encode(tokenizer, examples, max_length)
         self.targets = task.targets(examples, labels) if with_targets else None
@@ -27,7 +28,7 @@ class Batches:
             yield self.batch(order[start:start + batch_size])
 
     def batch(self, idx: list[int]) -> dict[str, torch.Tensor]:
-        batch = dict(self.tokenizer.pad([self.features[i] for i in idx], return_tensors="pt"))
+        batch = self.task.collate(self.tokenizer, [self.features[i] for i in idx])
         if self.targets is not None:
             batch["labels"] = self.targets[idx]
         return batch

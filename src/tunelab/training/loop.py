@@ -47,20 +47,34 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
 
 @torch.no_grad()
 def predict_scores(model: nn.Module, batches: Batches, batch_size: int, precision: str,
-                   device: torch.device) -> tuple[np.ndarray, float | None]:
-    """Model outputs (logits) for every example in order, and the mean loss where targets exist."""
+                   device: torch.device, keep_outputs: bool = True) -> tuple[np.ndarray | None, float | None]:
+    """Model outputs (logits) for every example in order, and the mean loss where targets exist.
+
+    The loss is averaged over targets: examples, or answer tokens where the labels are token-level
+    (then it is the mean token loss that perplexity needs). `keep_outputs=False` returns the loss only,
+    for models whose logits (sequence × vocabulary) are too large to keep.
+    """
     model.eval()
     outputs, losses, counts = [], [], []
     for batch in batches.iterate(batch_size):
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast(precision, device):
             out = model(**batch)
-        outputs.append(out.logits.float().cpu())
+        if keep_outputs:
+            outputs.append(out.logits.float().cpu())
         if "labels" in batch:
-            losses.append(float(out.loss) * len(batch["labels"]))
-            counts.append(len(batch["labels"]))
+            n = _n_targets(batch["labels"])
+            losses.append(float(out.loss) * n)
+            counts.append(n)
     loss = sum(losses) / sum(counts) if counts else None
-    return torch.cat(outputs).numpy(), loss
+    return (torch.cat(outputs).numpy() if keep_outputs else None), loss
+
+
+def _n_targets(labels: torch.Tensor) -> int:
+    if labels.ndim == 1:
+        return len(labels)
+    # Token labels: a causal LM predicts token t+1 from position t, so the first label is never a target.
+    return int((labels[:, 1:] != -100).sum())
 
 
 def train(model: nn.Module, train_batches: Batches, evaluate: Callable[[], dict[str, float]], cfg: TrainConfig,

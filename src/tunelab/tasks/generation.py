@@ -1,0 +1,199 @@
+"""Generation: supervised fine-tuning of a decoder on prompt → answer pairs (instructions, chat,
+translation), evaluated on what it generates.
+
+Training minimises the cross-entropy of the answer tokens only: prompt and padding positions are
+labelled -100, which the causal-LM loss ignores. Evaluation generates in batches padded on the
+LEFT (a decoder continues from the last position, so every prompt must end there), then cuts each
+answer at the first stop string; metrics are in `text_metrics`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ..config import GenerationConfig
+from ..data import Example
+from ..errors import TrainingError, TunelabError
+from .base import Task
+from .text_metrics import perplexity, text_metrics
+
+IGNORE = -100  # the label torch's cross-entropy (and so every HF causal-LM loss) skips
+
+
+@dataclass
+class Generated:
+    """What the task's `outputs` gives: one answer per example and the mean answer-token loss."""
+    texts: list[str]
+    loss: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+class GenerationTask(Task):
+    name = "generation"
+    label_kind = "text"
+    required_columns = ()  # prompt/response, source/target or messages: checked when the rows are read
+    metric_names = ("chrf", "bleu", "exact_match", "f1", "perplexity", "loss")
+    default_metric = "chrf"
+    lower_is_better = frozenset({"loss", "perplexity"})
+    peft_task_type = "CAUSAL_LM"
+    diagnostic_sample = 64  # generating is ~max_new_tokens forward passes per example
+
+    def __init__(self, options: GenerationConfig | None = None, seed: int = 0):
+        self.options = options or GenerationConfig()
+        self.seed = seed
+
+    def configure(self, cfg) -> "GenerationTask":
+        return GenerationTask(cfg.generation, cfg.train.seed)
+
+    def auto_class(self):
+        from transformers import AutoModelForCausalLM
+        return AutoModelForCausalLM
+
+    def model_kwargs(self, labels: list[str]) -> dict[str, Any]:
+        return {}
+
+    def targets(self, examples: list[Example], labels: list[str]) -> None:
+        return None  # token labels travel in the features
+
+    # -- prompts and token labels ------------------------------------------------------------
+    def prompt_text(self, tokenizer, example: Example) -> str:
+        """The prompt as the model sees it: through the chat template, or plain text ending in a newline."""
+        messages = example.messages or [{"role": "user",
+                                         "content": self.options.template.replace("{source}", example.text)}]
+        if self._use_chat_template(tokenizer):
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if example.messages:
+            text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+        else:
+            text = messages[0]["content"]
+        return text if text[-1:].isspace() else text + "\n"
+
+    def _use_chat_template(self, tokenizer) -> bool:
+        has = bool(getattr(tokenizer, "chat_template", None))
+        if self.options.chat_template == "on" and not has:
+            raise TunelabError("`generation.chat_template` is on but the model's tokenizer has no chat template; "
+                               "set it to auto or off")
+        return has and self.options.chat_template != "off"
+
+    def prompt_ids(self, tokenizer, example: Example) -> list[int]:
+        ids = tokenizer(self.prompt_text(tokenizer, example), add_special_tokens=False)["input_ids"]
+        # A chat template writes its own special tokens; plain text starts like the model's pretraining text.
+        if tokenizer.bos_token_id is not None and not self._use_chat_template(tokenizer):
+            ids = [tokenizer.bos_token_id] + ids
+        return ids
+
+    def encode(self, tokenizer, examples: list[Example], max_length: int) -> list[dict[str, list[int]]]:
+        """input_ids and labels per example: labels are the answer tokens (+ end token), -100 on the prompt."""
+        end = end_token_id(tokenizer)
+        out = []
+        for e in examples:
+            prompt = self.prompt_ids(tokenizer, e)
+            if e.label is None:  # predicting: the prompt alone, keeping its end
+                out.append({"input_ids": prompt[-max_length:]})
+                continue
+            answer = tokenizer(e.label, add_special_tokens=False)["input_ids"] + ([end] if end is not None else [])
+            ids, labels = prompt + answer, [IGNORE] * len(prompt) + answer
+            if len(ids) > max_length:
+                cut = slice(len(ids) - max_length, None) if self.options.truncation_side == "left" \
+                    else slice(0, max_length)
+                ids, labels = ids[cut], labels[cut]
+            out.append({"input_ids": ids, "labels": labels})
+        return out
+
+    def collate(self, tokenizer, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        """Right-padded batch for the loss; padding is masked out of attention and labelled -100."""
+        width = max(len(f["input_ids"]) for f in features)
+        pad = tokenizer.pad_token_id
+        batch = {
+            "input_ids": torch.tensor([f["input_ids"] + [pad] * (width - len(f["input_ids"])) for f in features]),
+            "attention_mask": torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"]))
+                                            for f in features]),
+        }
+        if "labels" in features[0]:
+            labels = torch.tensor([f["labels"] + [IGNORE] * (width - len(f["labels"])) for f in features])
+            if not (labels[:, 1:] != IGNORE).any():
+                raise TrainingError(f"every answer token of a batch of {len(features)} example(s) was truncated "
+                                    f"away (sequences are cut at data.max_length = {width} tokens or fewer), so "
+                                    f"there is nothing to learn or score; raise data.max_length or set "
+                                    f"generation.truncation_side: left, which keeps the answer")
+            batch["labels"] = labels
+        return batch
+
+    # -- outputs, predictions, metrics -------------------------------------------------------
+    def outputs(self, model: nn.Module, tokenizer, examples: list[Example], labels: list[str], *, max_length: int,
+                batch_size: int, precision: str, device: torch.device, with_loss: bool) -> tuple[Generated, float | None]:
+        loss = None
+        if with_loss and examples and all(e.label is not None for e in examples):
+            from ..training.batches import Batches
+            from ..training.loop import predict_scores
+            _, loss = predict_scores(model, Batches(self, tokenizer, examples, labels, max_length), batch_size,
+                                     precision, device, keep_outputs=False)
+        texts = self.generate(model, tokenizer, examples, max_length, batch_size, precision, device)
+        return Generated(texts, loss), loss
+
+    @torch.no_grad()
+    def generate(self, model: nn.Module, tokenizer, examples: list[Example], max_length: int, batch_size: int,
+                 precision: str, device: torch.device) -> list[str]:
+        """Answers in example order: batches padded on the left, decoded after the prompt, cut at stop strings."""
+        from transformers import GenerationConfig as HFGenerationConfig
+
+        from ..training.precision import autocast
+        o = self.options
+        pad, end = tokenizer.pad_token_id, end_token_id(tokenizer)
+        sampling = {"temperature": o.temperature, "top_p": o.top_p} if o.do_sample else {}
+        config = HFGenerationConfig(max_new_tokens=o.max_new_tokens, num_beams=o.num_beams, do_sample=o.do_sample,
+                                    pad_token_id=pad, eos_token_id=end, **sampling)
+        prompts = [self.prompt_ids(tokenizer, e)[-max_length:] for e in examples]
+        model.eval()
+        torch.manual_seed(self.seed)  # sampling draws from torch's generator
+        texts: list[str] = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            input_ids, attention_mask = left_pad(chunk, pad)
+            with autocast(precision, device):
+                generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                                           generation_config=config)
+            answers = tokenizer.batch_decode(generated[:, input_ids.shape[1]:].cpu(), skip_special_tokens=True)
+            texts += [cut_at_stop(a, o.stop) for a in answers]
+        return texts
+
+    def predictions(self, outputs: Generated, labels: list[str]) -> list[str]:
+        return outputs.texts
+
+    def metrics(self, outputs: Generated, examples: list[Example], labels: list[str]) -> dict[str, Any]:
+        references = [e.label or "" for e in examples]
+        out: dict[str, Any] = text_metrics(outputs.texts, references)
+        if outputs.loss is not None:
+            out["perplexity"] = perplexity(outputs.loss)
+        return out
+
+    def prediction_rows(self, examples: list[Example], outputs: Generated, labels: list[str]) -> Iterator[dict]:
+        for e, prediction in zip(examples, outputs.texts):
+            row: dict[str, Any] = {"prompt": e.text}
+            if e.label is not None:
+                row["reference"] = e.label
+            row["prediction"] = prediction
+            yield row
+
+
+def end_token_id(tokenizer) -> int | None:
+    """The token that ends an answer: end-of-sequence, or [SEP] for tokenizers without one."""
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+
+
+def left_pad(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences])
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences])
+    return ids, mask
+
+
+def cut_at_stop(text: str, stop: list[str]) -> str:
+    """The text before the first stop string, stripped."""
+    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return (text[:min(cuts)] if cuts else text).strip()
