@@ -14,7 +14,7 @@ import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tunelab.compare import compare  # noqa: E402
+from tunelab.comparison import compare  # noqa: E402
 from tunelab.estimation import estimate  # noqa: E402
 
 TOLERANCE = 0.25

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tunelab.compare import compare
+from tunelab.comparison import compare
 from tunelab.errors import TunelabError
 from tunelab.estimation import estimate
 
@@ -42,3 +42,14 @@ def test_estimate_reports_every_method(tiny_config):
     assert all(r["status"] == "ok" and r["fit_seconds"] > 0 and r["peak_memory_mb"] > 100 for r in rows.values())
     assert rows["prompt"]["trainable"] == 0 < rows["lora"]["trainable"] < rows["full"]["trainable"]
     assert result["n_train"] == 72 and result["assumptions"]
+
+
+def test_package_functions_survive_submodule_imports():
+    # Importing a submodule sets it as a package attribute: none may share a name with an API function.
+    import tunelab
+    import tunelab.api  # noqa: F401
+    import tunelab.comparison  # noqa: F401
+    import tunelab.estimation  # noqa: F401
+    import tunelab.training.loop  # noqa: F401
+    for name in ("train", "evaluate", "predict", "compare", "estimate", "load_config"):
+        assert callable(getattr(tunelab, name)) and not isinstance(getattr(tunelab, name), type(tunelab)), name

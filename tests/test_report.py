@@ -13,7 +13,7 @@ import pytest
 from markupsafe import escape
 
 from tunelab.cli import main
-from tunelab.compare import compare
+from tunelab.comparison import compare
 from tunelab.errors import TunelabError
 from tunelab.report import write_report
 from tunelab.report.plots import Point, pareto

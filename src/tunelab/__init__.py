@@ -28,8 +28,8 @@ def load_config(*args, **kwargs):
 
 
 def compare(*args, **kwargs):
-    """See `tunelab.compare.compare`: train several methods on the same splits; returns the table."""
-    from .compare import compare as _compare
+    """See `tunelab.comparison.compare`: train several methods on the same splits; returns the table."""
+    from .comparison import compare as _compare
     return _compare(*args, **kwargs)
 
 

@@ -110,7 +110,7 @@ def _predict(args) -> None:
 
 
 def _compare(args) -> None:
-    from .compare import compare
+    from .comparison import compare
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     compare(args.config, methods, args.overrides, output=args.output, name=args.name, overwrite=args.overwrite,
             max_minutes=args.max_minutes, max_memory_mb=args.max_memory)

@@ -37,7 +37,7 @@ ASSUMPTIONS = [
 
 def estimate(config: RunConfig | str | Path | dict, methods: list[str] | None = None,
              overrides: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from .compare import _base_dict, default_methods, method_config
+    from .comparison import _base_dict, default_methods, method_config
     from .data import load_splits
     from .tasks import TASKS
     base = _base_dict(config, overrides)

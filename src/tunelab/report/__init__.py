@@ -82,7 +82,7 @@ def write_report(folder: str | Path) -> tuple[Path, Path]:
 
 def build(folder: Path) -> Report:
     """Everything the report shows, read from the comparison folder."""
-    from ..compare import table_rows
+    from ..comparison import table_rows
     from ..tasks import TASKS
     path = folder / "comparison.json"
     if not path.is_file():
