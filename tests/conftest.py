@@ -26,25 +26,23 @@ def tiny_sentences(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return rows
 
 
-@pytest.fixture(scope="session")
-def tiny_csv(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "tiny.csv"
+def _write_csv(path: Path, rows: list[tuple]) -> Path:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["text", "label"])
-        w.writerows(tiny_sentences(120))
+        w.writerows(rows)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_csv(tmp_path_factory) -> Path:
+    return _write_csv(tmp_path_factory.mktemp("data") / "tiny.csv", tiny_sentences(120))
 
 
 @pytest.fixture(scope="session")
 def tiny_regression_csv(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "tiny_regression.csv"
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        for text, label in tiny_sentences(120):
-            w.writerow([text, 1.0 if label == "positive" else -1.0])
-    return path
+    rows = [(text, 1.0 if label == "positive" else -1.0) for text, label in tiny_sentences(120)]
+    return _write_csv(tmp_path_factory.mktemp("data") / "tiny_regression.csv", rows)
 
 
 def _save_tiny(folder: Path, config) -> Path:

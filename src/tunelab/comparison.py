@@ -17,7 +17,6 @@ from typing import Any, Callable
 
 import yaml
 
-from . import models
 from .config import RunConfig, load_config
 from .errors import ConfigError, TunelabError
 from .methods import METHODS

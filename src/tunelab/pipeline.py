@@ -101,9 +101,9 @@ def fit(cfg: RunConfig, splits: Splits, log: Callable[[str], None] = print,
     metric = cfg.train.early_stopping.metric or adapted.task.default_metric
     method = adapted.method
     if not method.trains:
-        log(f"prompt search on {len(splits.validation)} validation examples")
         method.fit(splits.train, splits.validation, adapted.task, metric)
-        log(f"chose: {method.chosen}")
+        log(f"prompt search: {len(method.search)} candidates on {method.search_examples} validation examples; "
+            f"chose {method.chosen}")
         return adapted
 
     assert isinstance(method, TrainedMethod)
