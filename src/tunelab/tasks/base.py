@@ -41,6 +41,10 @@ class Task:
         """One target per example, or None where `encode` puts the targets in the features."""
         raise NotImplementedError
 
+    def logits(self, output) -> torch.Tensor:
+        """What `predict_scores` keeps of one forward pass (a model output): a row per feature."""
+        return output.logits
+
     def predictions(self, outputs: Any, labels: list[str]) -> list[Any]:
         raise NotImplementedError
 
@@ -53,7 +57,11 @@ class Task:
         return new < old if metric in self.lower_is_better else new > old
 
     def encode(self, tokenizer, examples: list[Example], max_length: int) -> list[dict[str, list[int]]]:
-        """Token ids per example, unpadded: batches are padded to their own longest input."""
+        """Token ids per example, unpadded: batches are padded to their own longest input.
+
+        A task may give several features per example (windows of a long text); each then holds
+        `example`, the index of its example, and its `collate` leaves that key out of the batch.
+        """
         texts = [e.text for e in examples]
         pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
         enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)

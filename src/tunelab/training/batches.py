@@ -1,5 +1,8 @@
 """Tokenised examples → padded tensor batches. Each batch is padded to its own longest input,
-which on short texts saves most of the compute that padding to `max_length` would waste."""
+which on short texts saves most of the compute that padding to `max_length` would waste.
+
+A batch holds features, not examples: a task may turn one example into several (the windows of a
+long context in extractive QA); the task reads its outputs back into one prediction per example."""
 from __future__ import annotations
 
 from typing import Iterator
@@ -15,6 +18,8 @@ class Batches:
         self.task = task
         self.tokenizer = tokenizer
         self.features = task.encode(tokenizer, examples, max_length)
+        # Features may outnumber examples (windows of a long context): each one's example, for its target.
+        self.example_of = [f.get("example", i) for i, f in enumerate(self.features)]
         self.targets = task.targets(examples, labels) if with_targets else None
 
     def __len__(self) -> int:
@@ -30,7 +35,7 @@ class Batches:
     def batch(self, idx: list[int]) -> dict[str, torch.Tensor]:
         batch = self.task.collate(self.tokenizer, [self.features[i] for i in idx])
         if self.targets is not None:
-            batch["labels"] = self.targets[idx]
+            batch["labels"] = self.targets[[self.example_of[i] for i in idx]]
         return batch
 
     def n_batches(self, batch_size: int) -> int:

@@ -48,9 +48,9 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
 @torch.no_grad()
 def predict_scores(model: nn.Module, batches: Batches, batch_size: int, precision: str,
                    device: torch.device, keep_outputs: bool = True) -> tuple[np.ndarray | None, float | None]:
-    """Model outputs (logits) for every example in order, and the mean loss where targets exist.
+    """Model outputs (the task's `logits`) for every feature in order, and the mean loss where targets exist.
 
-    The loss is averaged over targets: examples, or answer tokens where the labels are token-level
+    The loss is averaged over targets: features, or answer tokens where the labels are token-level
     (then it is the mean token loss that perplexity needs). `keep_outputs=False` returns the loss only,
     for models whose logits (sequence × vocabulary) are too large to keep.
     """
@@ -61,16 +61,28 @@ def predict_scores(model: nn.Module, batches: Batches, batch_size: int, precisio
         with autocast(precision, device):
             out = model(**batch)
         if keep_outputs:
-            outputs.append(out.logits.float().cpu())
-        if "labels" in batch:
-            n = _n_targets(batch["labels"])
+            outputs.append(batches.task.logits(out).float().cpu())
+        if getattr(out, "loss", None) is not None:  # the model was given targets
+            n = _n_targets(batch)
             losses.append(float(out.loss) * n)
             counts.append(n)
     loss = sum(losses) / sum(counts) if counts else None
-    return (torch.cat(outputs).numpy() if keep_outputs else None), loss
+    return (_concat(outputs) if keep_outputs else None), loss
 
 
-def _n_targets(labels: torch.Tensor) -> int:
+def _concat(chunks: list[torch.Tensor]) -> np.ndarray:
+    """One array from per-batch outputs; per-token outputs (rows × tokens × …) are zero-padded to the widest
+    batch, since each batch is padded to its own longest input."""
+    if chunks and chunks[0].ndim > 2:
+        width = max(c.shape[1] for c in chunks)
+        chunks = [torch.nn.functional.pad(c, (0, 0) * (c.ndim - 2) + (0, width - c.shape[1])) for c in chunks]
+    return torch.cat(chunks).numpy()
+
+
+def _n_targets(batch: dict[str, torch.Tensor]) -> int:
+    labels = batch.get("labels")
+    if labels is None:  # span targets (start and end positions): one per feature
+        return len(batch["input_ids"])
     if labels.ndim == 1:
         return len(labels)
     # Token labels: a causal LM predicts token t+1 from position t, so the first label is never a target.
