@@ -127,3 +127,45 @@ def tiny_generation_config(tiny_generation_jsonl, tiny_llama, tmp_path):
             "output": str(tmp_path / "runs"),
         }
     return make
+
+
+QA_ANIMALS = ["cat", "dog", "fox", "owl", "cow", "bee", "pig", "hen"]
+QA_COLOURS = ["red", "blue", "green", "black", "white", "brown", "pink", "grey"]
+
+
+@pytest.fixture(scope="session")
+def tiny_qa_json(tmp_path_factory) -> Path:
+    """A SQuAD v1.1 file: 30 contexts like "the cat is red . the dog is blue ." with 2 questions each; the longer
+    contexts need several windows at max_length 32."""
+    import json
+    rng = random.Random(0)
+    articles = []
+    for c in range(30):
+        animals = rng.sample(QA_ANIMALS, 3 + c % 6)
+        colours = rng.sample(QA_COLOURS, len(animals))
+        context = " ".join(f"the {a} is {col} ." for a, col in zip(animals, colours))
+        qas = []
+        for q, i in enumerate(rng.sample(range(len(animals)), 2)):
+            start = context.index(f"the {animals[i]} is ") + len(f"the {animals[i]} is ")
+            qas.append({"id": f"c{c}q{q}", "question": f"what colour is the {animals[i]} ?",
+                        "answers": [{"text": colours[i], "answer_start": start}]})
+        articles.append({"title": f"context {c}", "paragraphs": [{"context": context, "qas": qas}]})
+    path = tmp_path_factory.mktemp("data") / "tiny_qa.json"
+    path.write_text(json.dumps({"version": "1.1", "data": articles}))
+    return path
+
+
+@pytest.fixture
+def tiny_qa_config(tiny_qa_json, tiny_bert, tmp_path):
+    """A config dict for a fast extractive QA run on the tiny BERT, with several windows per long context."""
+    def make(method: str = "lora") -> dict:
+        return {
+            "task": "extractive_qa", "model": str(tiny_bert),
+            "data": {"source": str(tiny_qa_json), "max_length": 32, "split": {"validation": 0.2, "test": 0.2}},
+            "method": {"name": method},
+            "extractive_qa": {"doc_stride": 8, "max_answer_length": 4},
+            "train": {"epochs": 2, "batch_size": 8, "precision": "fp32", "log_every": 2,
+                      "early_stopping": {"patience": 0}},
+            "output": str(tmp_path / "runs"),
+        }
+    return make

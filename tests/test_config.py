@@ -211,7 +211,7 @@ def test_override_of_an_option_on_the_method_shorthand():
 
 def test_unknown_task():
     assert the_problem({"task": "sumarize"}) == \
-        "`task`: unknown task 'sumarize'; choose one of: classification, generation, regression"
+        "`task`: unknown task 'sumarize'; choose one of: classification, extractive_qa, generation, regression"
 
 
 def test_unknown_model_alias():
@@ -223,7 +223,7 @@ def test_unknown_model_alias():
 def test_unknown_dataset():
     problem = the_problem({"data": {"source": "imdb"}})
     assert problem == ("`data.source`: 'imdb' is neither a built-in dataset (bbc_news, bible_parallel, chatterbot, "
-                       "rotten_tomatoes) "
+                       "rotten_tomatoes, tunelab_qa) "
                        "nor an existing file or folder")
 
 

@@ -34,7 +34,9 @@ class DataConfig:
     columns: dict[str, str] = option(doc="Which file column plays which role: `text`, `label`, optional "
                                      "`text_pair`; for generation `prompt` and `response`, or `source` and "
                                      "`target`, or `messages` (a list of {role, content}; the last assistant "
-                                     "message is the answer).", factory=lambda: {"text": "text", "label": "label"})
+                                     "message is the answer); for extractive_qa rows `question`, `context` and "
+                                     "`answers` (SQuAD .json files need none).",
+                                     factory=lambda: {"text": "text", "label": "label"})
     labels: list[str] | None = option(None, "The label set, in order. Unset: the sorted labels found in the "
                                       "data. Set: any other label is an error.")
     validation_file: str | None = option(None, "A separate validation file; then no validation split is cut.")
@@ -105,6 +107,16 @@ class GenerationConfig:
 
 
 @dataclass
+class ExtractiveQAConfig:
+    """Options of the `extractive_qa` task: how long contexts are cut into windows, how long an answer may be."""
+    doc_stride: int = option(32, "Tokens that consecutive windows of a context longer than data.max_length share, "
+                             "so that an answer cut by one window's edge lies whole inside the next; must be "
+                             "smaller than the context tokens a window holds (data.max_length minus the question).",
+                             positive)
+    max_answer_length: int = option(30, "Longest answer the model may give, in tokens.", positive)
+
+
+@dataclass
 class MethodConfig:
     """`name` picks the method; its options are that method's own typed dataclass."""
     name: str
@@ -113,13 +125,16 @@ class MethodConfig:
 
 @dataclass
 class RunConfig:
-    task: str = option("classification", "What is learned: `classification`, `regression` or `generation` "
+    task: str = option("classification", "What is learned: `classification`, `regression`, `extractive_qa` "
+                       "(answers as spans of a context, SQuAD-style, with an encoder) or `generation` "
                        "(instruction, chat or translation fine-tuning of a decoder).")
     model: str = option("minilm", "A built-in alias (`tunelab models`) or a local Hugging Face model folder.")
     data: DataConfig = option(doc="Where the examples come from and how they are split.", factory=DataConfig)
     method: MethodConfig = option(doc="The adaptation method and its options.",
                                   factory=lambda: MethodConfig("lora", None))
     train: TrainConfig = option(doc="Optimisation and early stopping.", factory=TrainConfig)
+    extractive_qa: ExtractiveQAConfig = option(doc="Context windows and answer length of the `extractive_qa` task.",
+                                               factory=ExtractiveQAConfig)
     generation: GenerationConfig = option(doc="Prompts, truncation and decoding of the `generation` task.",
                                           factory=GenerationConfig)
     methods: dict[str, dict[str, Any]] = option(doc="Per-method options used by `tunelab compare`, e.g. "
@@ -251,8 +266,9 @@ def validate(cfg: RunConfig) -> list[str]:
         if metric is not None and metric not in task.metric_names:
             problems.append(f"`train.early_stopping.metric` {metric!r} is not a {cfg.task} metric; choose one of: "
                             f"{', '.join(task.metric_names)}")
-        if cfg.data.source in DATASETS and "generation" in (cfg.task, DATASETS.get(cfg.data.source).task) and \
-                cfg.task != DATASETS.get(cfg.data.source).task:
+        builtin_task = DATASETS.get(cfg.data.source).task if cfg.data.source in DATASETS else None
+        # Generation and QA examples carry their own fields: a dataset of another task cannot stand in.
+        if builtin_task and builtin_task != cfg.task and {"generation", "extractive_qa"} & {cfg.task, builtin_task}:
             problems.append(f"`data.source` {cfg.data.source!r} is a {DATASETS.get(cfg.data.source).task} dataset, "
                             f"not one for task {cfg.task!r}")
         missing_roles = [r for r in task.required_columns if r not in cfg.data.columns]
@@ -276,6 +292,10 @@ def validate(cfg: RunConfig) -> list[str]:
         path = getattr(cfg.data, key)
         if path is not None and not Path(path).is_file():
             problems.append(f"`data.{key}`: file {path!r} not found")
+    if cfg.task == "extractive_qa" and cfg.extractive_qa.doc_stride >= cfg.data.max_length:
+        problems.append(f"`extractive_qa.doc_stride` {cfg.extractive_qa.doc_stride} must be smaller than "
+                        f"`data.max_length` {cfg.data.max_length} (windows share that many context tokens); "
+                        f"lower it, e.g. to a quarter of data.max_length")
     split = cfg.data.split
     cut = (split.validation if cfg.data.validation_file is None else 0) + (split.test if cfg.data.test_file is None else 0)
     if cut >= 0.9:

@@ -23,7 +23,7 @@ def test_registered_names():
     assert {"bbc_news", "rotten_tomatoes"} <= set(DATASETS.names())
     assert {"chatterbot", "bible_parallel"} <= set(DATASETS.names())
     assert DATASETS.get("bbc_news").task == DATASETS.get("rotten_tomatoes").task == "classification"
-    assert all(d.task in ("classification", "generation") for _, d in DATASETS.items())
+    assert all(d.task in ("classification", "extractive_qa", "generation") for _, d in DATASETS.items())
 
 
 def test_rotten_tomatoes(rotten_tomatoes):

@@ -45,7 +45,7 @@ TWENTY = rows(20)
 
 BAD = {
     "missing_file": Bad("missing.csv", None, ["`data.source`", "neither a built-in dataset (bbc_news, bible_parallel, chatterbot, "
-                                              "rotten_tomatoes) nor an existing file"]),
+                                              "rotten_tomatoes, tunelab_qa) nor an existing file"]),
     "missing_column": Bad("reviews.csv", "review,label\n" + csv_text(TWENTY).split("\n", 1)[1],
                           ["no column 'text'", "columns: review, label", "data.columns.text"]),
     "empty_file": Bad("reviews.csv", "", ["the file is empty", "add examples"]),

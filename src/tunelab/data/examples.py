@@ -12,6 +12,9 @@ class Example:
     origin: str = ""  # "data/reviews.csv line 17": where to point the user when something is wrong
     messages: list[dict[str, str]] | None = None  # generation from a conversation: the turns before the answer
     group: str | None = None  # examples of one group (a Bible book) always land in the same split
+    # Extractive QA: every accepted answer as (text, character offset in `text_pair`, the context);
+    # `label` is then the first answer's text.
+    answers: list[tuple[str, int]] | None = None
 
 
 @dataclass

@@ -14,10 +14,12 @@ from ..errors import DataError
 from .builtin import DATASETS
 from .examples import Example, Splits
 from .files import read_rows
+from .squad import squad_examples
 
 
 def load_splits(cfg: DataConfig, label_kind: str) -> Splits:
-    """`label_kind` is "class" (classification), "number" (regression) or "text" (generation)."""
+    """`label_kind` is "class" (classification), "number" (regression), "text" (generation) or "span"
+    (extractive QA)."""
     if cfg.source in DATASETS:
         examples = DATASETS.get(cfg.source).load()
         where = cfg.source
@@ -46,6 +48,8 @@ def rows_to_examples(rows: list[tuple[str, dict[str, Any]]], cfg: DataConfig, la
                      need_label: bool = True) -> list[Example]:
     if label_kind == "text":
         return _generation_examples(rows, cfg, need_label)
+    if label_kind == "span":
+        return squad_examples(rows, cfg.columns, need_label)
     text_col = cfg.columns.get("text", "text")
     label_col = cfg.columns.get("label", "label")
     pair_col = cfg.columns.get("text_pair")

@@ -15,7 +15,9 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-HEAD_NAMES = ("classifier", "score", "pooler")  # task heads of the Auto*ForSequenceClassification classes
+# Task heads of the Auto*ForSequenceClassification and Auto*ForQuestionAnswering classes. Named, not only found
+# among the newly initialised modules: a checkpoint saved with a head would not report it missing.
+HEAD_NAMES = ("classifier", "score", "pooler", "qa_outputs")
 
 
 @dataclass
@@ -36,7 +38,7 @@ class Method:
 
 
 class TrainedMethod(Method):
-    tasks: ClassVar[tuple[str, ...]] = ("classification", "regression", "generation")
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "regression", "extractive_qa", "generation")
     default_learning_rate: ClassVar[float] = 5e-4
 
     def prepare(self, model: nn.Module, head_modules: list[str], task_type: str = "SEQ_CLS") -> nn.Module:

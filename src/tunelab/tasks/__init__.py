@@ -2,11 +2,12 @@
 from ..registry import Registry
 from .base import Task
 from .classification import ClassificationTask
+from .extractive_qa import ExtractiveQATask
 from .generation import GenerationTask
 from .regression import RegressionTask
 
 TASKS: Registry[Task] = Registry("task")
-for _task in (ClassificationTask(), RegressionTask(), GenerationTask()):
+for _task in (ClassificationTask(), RegressionTask(), ExtractiveQATask(), GenerationTask()):
     TASKS.register(_task.name, _task)
 
 
