@@ -44,7 +44,7 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | N
         fit_seconds = time.time() - started
         validation = adapted.evaluate(splits.validation)
         predict_start = time.time()
-        test_scores, test_loss = adapted.scores(splits.test, with_loss=adapted.method.trains)
+        test_scores, test_loss = adapted.scores(splits.test, with_loss=True)
         predict_seconds = time.time() - predict_start
         test = task.metrics(test_scores, splits.test, splits.labels)
         if test_loss is not None:

@@ -146,6 +146,8 @@ def _calibration_batches(train_batches, batch_size: int, generator, n: int) -> l
 
 def _calibrate_prompt(adapted, splits, load_seconds: float) -> dict[str, Any]:
     """Prompt search cost: embedding every candidate input once; timed on a sample."""
+    if adapted.method.scorer.generates:
+        return _calibrate_prompt_generation(adapted, splits, load_seconds)
     from .methods.prompt import DEFAULT_LABEL_TEMPLATES, DEFAULT_TEMPLATES
     o = adapted.method.options
     templates = len(set(DEFAULT_TEMPLATES + o.templates))
@@ -158,6 +160,30 @@ def _calibrate_prompt(adapted, splits, load_seconds: float) -> dict[str, Any]:
     texts += len(set(DEFAULT_LABEL_TEMPLATES + o.label_templates)) * n_labels * 3
     return {"fit_seconds": round(load_seconds + texts * per_text, 1), "trainable": 0,
             "total": adapted.parameters()["total"], "load_seconds": round(load_seconds, 2)}
+
+
+def _calibrate_prompt_generation(adapted, splits, load_seconds: float) -> dict[str, Any]:
+    """Generation prompt search cost: each candidate answers the search examples (or, searching by perplexity,
+    scores their reference answers), then the chosen one answers validation and test; timed zero-shot on a
+    sample, so demonstrations' longer prompts are not counted."""
+    from .methods.prompt import Candidate
+    from .methods.prompt_generation import LIKELIHOOD_METRICS
+    scorer, o = adapted.method.scorer, adapted.method.options
+    sample = splits.validation[:8]
+    zero_shot = Candidate(scorer.task.options.template, shots=0)
+    start = time.perf_counter()
+    scorer.outputs(zero_shot, sample, with_loss=True)
+    per_answer = (time.perf_counter() - start) / max(1, len(sample))
+    metric = adapted.cfg.train.early_stopping.metric or adapted.task.default_metric
+    start = time.perf_counter()
+    scorer.search_value(zero_shot, sample, "loss")
+    per_loss = (time.perf_counter() - start) / max(1, len(sample))
+    searched = min(o.search_examples or len(splits.validation), len(splits.validation))
+    per_search = per_loss if metric in LIKELIHOOD_METRICS else per_answer
+    seconds = (load_seconds + len(scorer.candidates()) * searched * per_search
+               + (len(splits.validation) + len(splits.test)) * per_answer)
+    return {"fit_seconds": round(seconds, 1), "trainable": 0, "total": adapted.parameters()["total"],
+            "load_seconds": round(load_seconds, 2)}
 
 
 def format_estimates(result: dict[str, Any]) -> list[str]:

@@ -17,6 +17,7 @@ from torch import nn
 from . import models
 from .config import RunConfig
 from .data import Example, Splits
+from .errors import ConfigError
 from .methods import METHODS, Method, TrainedMethod, count_parameters, head_modules
 from .tasks import Task, task_for
 from .training.batches import Batches
@@ -39,13 +40,13 @@ class Adapted:
 
     def scores(self, examples: list[Example], with_loss: bool = False) -> tuple[np.ndarray, float | None]:
         if not self.method.trains:
-            return self.method.scores(examples), None
+            return self.method.outputs(examples, with_loss)
         return self.task.outputs(self.model, self.tokenizer, examples, self.labels,
                                  max_length=self.cfg.data.max_length, batch_size=self.cfg.train.eval_batch_size,
                                  precision=self.precision, device=device(), with_loss=with_loss)
 
     def evaluate(self, examples: list[Example]) -> dict[str, Any]:
-        scores, loss = self.scores(examples, with_loss=self.method.trains)
+        scores, loss = self.scores(examples, with_loss=True)
         metrics = self.task.metrics(scores, examples, self.labels)
         if loss is not None:
             metrics["loss"] = loss
@@ -84,7 +85,7 @@ def prepare(cfg: RunConfig, splits: Splits, log: Callable[[str], None] = print) 
     folder = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(folder)
     if not method.trains:
-        model = _load_prompt_model(method, folder, cfg, tokenizer, splits.labels)
+        model = _load_prompt_model(method, folder, cfg, tokenizer, splits.labels, task)
         return Adapted(cfg, task, splits.labels, method, tokenizer, model, method.scorer.precision, [], [])
     load = base_loader(cfg, task, splits.labels, tokenizer)
     model = load()
@@ -118,12 +119,15 @@ def fit(cfg: RunConfig, splits: Splits, log: Callable[[str], None] = print,
     return adapted
 
 
-def _load_prompt_model(method, folder: Path, cfg: RunConfig, tokenizer, labels: list[str]):
+def _load_prompt_model(method, folder: Path, cfg: RunConfig, tokenizer, labels: list[str], task: Task):
     """The model a prompt method scores with: the bare encoder, or a decoder with its language-model head."""
     from transformers import AutoModel, AutoModelForCausalLM
 
     from .methods.prompt import scorer_for
     family = models.family(folder)
+    if family == "encoder" and task.label_kind == "text":
+        raise ConfigError(f"method prompt generates answers for task generation, and {cfg.model} is an encoder, "
+                          f"which does not generate; use a decoder model such as smollm2-135m")
     if family == "encoder":
         model, _ = models.load_model(AutoModel, folder, allow_unsafe=cfg.allow_unsafe_weights)
         precision = "fp32"
@@ -136,7 +140,7 @@ def _load_prompt_model(method, folder: Path, cfg: RunConfig, tokenizer, labels: 
         precision = resolve(cfg.train.precision, device())
     model.eval()
     method.attach(scorer_for(family, model, tokenizer, method.options, cfg.data.max_length,
-                             cfg.train.eval_batch_size, precision), labels)
+                             cfg.train.eval_batch_size, precision, task), labels)
     return model
 
 
@@ -148,7 +152,7 @@ def reload(cfg: RunConfig, run_folder: Path, labels: list[str]) -> Adapted:
     tokenizer = models.load_tokenizer(folder)
     saved = run_folder / "model"
     if not method.trains:
-        model = _load_prompt_model(method, folder, cfg, tokenizer, labels)
+        model = _load_prompt_model(method, folder, cfg, tokenizer, labels, task)
         method.load(saved, method.scorer)
         return Adapted(cfg, task, labels, method, tokenizer, model, method.scorer.precision, [], [])
     load = base_loader(cfg, task, labels, tokenizer)

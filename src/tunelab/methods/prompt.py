@@ -46,16 +46,16 @@ def _counts(v: list[int] | None) -> str | None:
 class PromptOptions:
     description: str = option("Classify the text.", "Task description: heads a decoder's prompt; available to "
                               "templates as {description}.")
-    templates: list[str] = option(doc="Extra input templates with a {text} placeholder, tried with the built-in ones.",
-                                  factory=list)
+    templates: list[str] = option(doc="Extra input templates with a {text} placeholder, tried with the built-in ones "
+                                  "(for generation: with `generation.template`; {source} works too).", factory=list)
     label_templates: list[str] = option(doc="Extra label templates with a {label} placeholder, tried with the "
                                         "built-in ones. Decoders score the words at {label}; what follows is only "
                                         "shown in demonstrations.", factory=list)
     verbalizers: dict[str, list[str]] = option(doc="Words that describe each label (label → words). Unset: the "
                                                "label's own name. Decoders try both.", factory=dict)
-    shots: list[int] | None = option(None, "Demonstrations per class to try (0 = zero-shot). Unset: [0, 4, 16, 64] "
-                                     "for encoders (one embedding each), [0, 1] for decoders (each one lengthens "
-                                     "every prompt).", _counts)
+    shots: list[int] | None = option(None, "Demonstrations per class to try (0 = zero-shot; for generation: "
+                                     "demonstrations in all). Unset: [0, 4, 16, 64] for encoders (one embedding "
+                                     "each), [0, 1] for decoders (each one lengthens every prompt).", _counts)
     prototype_weights: list[float] = option(doc="Encoders: weights w of the class prototypes to try in few-shot "
                                             "scoring.", factory=lambda: [0.5, 0.8, 1.0])
     calibrate: list[bool] = option(doc="Whether to try calibrated scores.", factory=lambda: [False, True])
@@ -82,14 +82,14 @@ class PromptOptions:
 @dataclass(frozen=True)
 class Candidate:
     template: str
-    label_template: str
-    shots: int
-    calibrate: bool
+    label_template: str | None = None  # label scoring only (not generation)
+    shots: int = 0
+    calibrate: bool | None = None  # label scoring only
     weight: float | None = None  # encoders: the prototypes' weight
     verbalizer: str | None = None  # decoders: "label" (the label names) or "words" (the configured verbalizers)
 
     def cost(self) -> tuple:  # simpler first: fewer demonstrations, no calibration, built-in order
-        return (self.shots, self.calibrate, self.weight or 0.0)
+        return (self.shots, bool(self.calibrate), self.weight or 0.0)
 
     def row(self) -> dict[str, Any]:
         """The fields that apply to this candidate's back-end (the report's columns)."""
@@ -97,9 +97,14 @@ class Candidate:
 
 
 class Scorer(Protocol):
-    """What the method asks of a back-end (`EmbeddingScorer`, `LikelihoodScorer`)."""
+    """What the method asks of a back-end (`EmbeddingScorer`, `LikelihoodScorer`) to score labels.
+
+    The generation task's back-end, `prompt_generation.GenerationPrompter`, shares `setup`,
+    `candidates`, `state` and `restore`, and generates answers instead of scoring labels.
+    """
 
     default_shots: list[int]  # `shots` when the config leaves it unset
+    generates: bool  # False: label scores (this protocol); True: a `GenerationPrompter`
     precision: str  # "fp32" or "bf16" (autocast), for the run's metrics
 
     def setup(self, train: list[Example], labels: list[str], options: PromptOptions) -> None:
@@ -128,8 +133,11 @@ class Scorer(Protocol):
 
 
 def scorer_for(family: str, model, tokenizer, options: PromptOptions, max_length: int, batch_size: int,
-               precision: str = "fp32") -> Scorer:
-    """The scoring back-end of a model family (`model` is an `AutoModel` or `AutoModelForCausalLM`)."""
+               precision: str = "fp32", task=None) -> Scorer:
+    """The back-end of a model family and task (`model` is an `AutoModel` or `AutoModelForCausalLM`)."""
+    if task is not None and task.label_kind == "text":
+        from .prompt_generation import GenerationPrompter
+        return GenerationPrompter(model, tokenizer, task, options, max_length, batch_size, precision)
     if family == "encoder":
         return EmbeddingScorer(model, tokenizer, max_length, batch_size)
     from .prompt_decoder import LikelihoodScorer
@@ -140,7 +148,7 @@ def scorer_for(family: str, model, tokenizer, options: PromptOptions, max_length
 class PromptEngineering(Method):
     name = "prompt"
     Options = PromptOptions
-    tasks = ("classification",)
+    tasks = ("classification", "generation")
     trains = False
     family = "prompt"
     description = "prompt search: templates, verbalizers, demonstrations, calibration; no gradient training"
@@ -170,7 +178,10 @@ class PromptEngineering(Method):
         self.search: list[dict[str, Any]] = []
         best = None
         for c in (Candidate(**fields_) for fields_ in self.scorer.candidates()):
-            value = task.metrics(self._candidate_scores(c, texts), searched, self.labels)[metric]
+            if self.scorer.generates:
+                value = self.scorer.search_value(c, searched, metric)
+            else:
+                value = task.metrics(self._candidate_scores(c, texts), searched, self.labels)[metric]
             self.search.append({**c.row(), f"validation_{metric}": value})
             if best is None or task.better(metric, value, best[0]) or (value == best[0] and c.cost() < best[1].cost()):
                 best = (value, c)
@@ -182,8 +193,11 @@ class PromptEngineering(Method):
         self.search.sort(key=lambda r: (sign * r[f"validation_{metric}"],
                                         Candidate(**{k: v for k, v in r.items() if k in names}).cost()))
 
-    def scores(self, examples: list[Example]) -> np.ndarray:
-        return self._candidate_scores(self.chosen, [e.text for e in examples])
+    def outputs(self, examples: list[Example], with_loss: bool = False) -> tuple[Any, float | None]:
+        """What the chosen prompt gives: label scores, or generated answers (and the answers' loss where asked)."""
+        if self.scorer.generates:
+            return self.scorer.outputs(self.chosen, examples, with_loss)
+        return self._candidate_scores(self.chosen, [e.text for e in examples]), None
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

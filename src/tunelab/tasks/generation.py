@@ -8,6 +8,7 @@ answer at the first stop string; metrics are in `text_metrics`.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -39,16 +40,26 @@ class GenerationTask(Task):
     required_columns = ()  # prompt/response, source/target or messages: checked when the rows are read
     metric_names = ("chrf", "bleu", "exact_match", "f1", "perplexity", "loss")
     default_metric = "chrf"
+    # Exact match is left out: a translation or a chat reply almost never matches its reference word for word.
+    shown_metrics = ("chrf", "bleu", "f1", "perplexity")
     lower_is_better = frozenset({"loss", "perplexity"})
+    percent_metrics = frozenset({"chrf", "bleu"})
     peft_task_type = "CAUSAL_LM"
     diagnostic_sample = 64  # generating is ~max_new_tokens forward passes per example
 
-    def __init__(self, options: GenerationConfig | None = None, seed: int = 0):
+    def __init__(self, options: GenerationConfig | None = None, seed: int = 0,
+                 demonstrations: list[Example] | None = None):
         self.options = options or GenerationConfig()
         self.seed = seed
+        self.demonstrations = demonstrations or []  # solved examples shown before the input (prompt method)
 
     def configure(self, cfg) -> "GenerationTask":
         return GenerationTask(cfg.generation, cfg.train.seed)
+
+    def with_prompt(self, template: str, demonstrations: list[Example]) -> "GenerationTask":
+        """This task writing its prompts with `template` after `demonstrations` (a prompt-search candidate)."""
+        options = dataclasses.replace(self.options, template=template.replace("{text}", "{source}"))
+        return GenerationTask(options, self.seed, demonstrations)
 
     def auto_class(self):
         from transformers import AutoModelForCausalLM
@@ -61,17 +72,27 @@ class GenerationTask(Task):
         return None  # token labels travel in the features
 
     # -- prompts and token labels ------------------------------------------------------------
+    def messages(self, example: Example) -> list[dict[str, str]]:
+        """The turns before the answer: a conversation's own, or the input written by the template."""
+        return example.messages or [{"role": "user", "content": self.options.template.replace("{source}",
+                                                                                             example.text)}]
+
     def prompt_text(self, tokenizer, example: Example) -> str:
-        """The prompt as the model sees it: through the chat template, or plain text ending in a newline."""
-        messages = example.messages or [{"role": "user",
-                                         "content": self.options.template.replace("{source}", example.text)}]
+        """The prompt as the model sees it: through the chat template, or plain text ending in a newline.
+
+        Demonstrations come first, each as its prompt turns and its answer as the assistant's turn.
+        """
+        shown = [turn for d in self.demonstrations
+                 for turn in self.messages(d) + [{"role": "assistant", "content": str(d.label)}]]
+        messages = shown + self.messages(example)
         if self._use_chat_template(tokenizer):
             return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        if example.messages:
+        if example.messages or any(d.messages for d in self.demonstrations):
             text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
-        else:
-            text = messages[0]["content"]
-        return text if text[-1:].isspace() else text + "\n"
+        else:  # plain prompts: each demonstration's prompt, a newline, its answer, a blank line
+            text = "".join(_line(m["content"]) + (str(a["content"]) + "\n\n")
+                           for m, a in zip(shown[::2], shown[1::2])) + messages[-1]["content"]
+        return _line(text)
 
     def _use_chat_template(self, tokenizer) -> bool:
         has = bool(getattr(tokenizer, "chat_template", None))
@@ -129,12 +150,18 @@ class GenerationTask(Task):
                 batch_size: int, precision: str, device: torch.device, with_loss: bool) -> tuple[Generated, float | None]:
         loss = None
         if with_loss and examples and all(e.label is not None for e in examples):
-            from ..training.batches import Batches
-            from ..training.loop import predict_scores
-            _, loss = predict_scores(model, Batches(self, tokenizer, examples, labels, max_length), batch_size,
-                                     precision, device, keep_outputs=False)
+            loss = self.answer_loss(model, tokenizer, examples, max_length, batch_size, precision, device)
         texts = self.generate(model, tokenizer, examples, max_length, batch_size, precision, device)
         return Generated(texts, loss), loss
+
+    def answer_loss(self, model: nn.Module, tokenizer, examples: list[Example], max_length: int, batch_size: int,
+                    precision: str, device: torch.device) -> float:
+        """Mean cross-entropy of the reference answers' tokens after their prompts (exp of it: perplexity)."""
+        from ..training.batches import Batches
+        from ..training.loop import predict_scores
+        _, loss = predict_scores(model, Batches(self, tokenizer, examples, [], max_length), batch_size,
+                                 precision, device, keep_outputs=False)
+        return loss
 
     @torch.no_grad()
     def generate(self, model: nn.Module, tokenizer, examples: list[Example], max_length: int, batch_size: int,
@@ -146,8 +173,11 @@ class GenerationTask(Task):
         o = self.options
         pad, end = tokenizer.pad_token_id, end_token_id(tokenizer)
         sampling = {"temperature": o.temperature, "top_p": o.top_p} if o.do_sample else {}
+        # Stop strings also end the decoding of a row (and of the batch once every row has one): a small model's
+        # zero-shot answer often runs on to max_new_tokens, and every token is a forward pass.
+        stops = {"stop_strings": [s for s in o.stop if s]} if any(o.stop) else {}
         config = HFGenerationConfig(max_new_tokens=o.max_new_tokens, num_beams=o.num_beams, do_sample=o.do_sample,
-                                    pad_token_id=pad, eos_token_id=end, **sampling)
+                                    pad_token_id=pad, eos_token_id=end, **sampling, **stops)
         prompts = [self.prompt_ids(tokenizer, e)[-max_length:] for e in examples]
         model.eval()
         torch.manual_seed(self.seed)  # sampling draws from torch's generator
@@ -157,7 +187,7 @@ class GenerationTask(Task):
             input_ids, attention_mask = left_pad(chunk, pad)
             with autocast(precision, device):
                 generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                           generation_config=config)
+                                           generation_config=config, tokenizer=tokenizer)
             answers = tokenizer.batch_decode(generated[:, input_ids.shape[1]:].cpu(), skip_special_tokens=True)
             texts += [cut_at_stop(a, o.stop) for a in answers]
         return texts
@@ -179,6 +209,11 @@ class GenerationTask(Task):
                 row["reference"] = e.label
             row["prediction"] = prediction
             yield row
+
+
+def _line(text: str) -> str:
+    """`text` ending in white space, so that what follows starts on its own."""
+    return text if text[-1:].isspace() else text + "\n"
 
 
 def end_token_id(tokenizer) -> int | None:
