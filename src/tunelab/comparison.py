@@ -167,15 +167,19 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix.rstrip('.')} {old!r} → {new!r}"]
 
 
-SECOND_METRIC = {"f1": "accuracy", "accuracy": "f1", "precision": "f1", "recall": "f1", "mse": "r2", "mae": "r2",
-                 "r2": "mse", "pearson": "mse"}
+def shown_metrics(comparison: dict[str, Any]) -> list[str]:
+    """The test metrics of the table: the chosen one first, then the task's usual ones (or the loss)."""
+    from .tasks import TASKS
+    metric = comparison["metric"]
+    usual = TASKS.get(comparison["task"]).shown_metrics if comparison.get("task") in TASKS else ()
+    return [metric] + [m for m in (usual or ("loss",)) if m != metric]
 
 
 def table_rows(comparison: dict[str, Any]) -> list[list[str]]:
     """The results table as text cells (shared by the console, report.md and report.html)."""
     metric = comparison["metric"]
-    second = SECOND_METRIC.get(metric, "loss")
-    header = ["method", "family", f"test {metric}", f"test {second}",
+    shown = shown_metrics(comparison)
+    header = ["method", "family", *(f"test {m}" for m in shown),
               f"validation {metric}", "trainable params", "trainable %", "train time (s)", "peak memory (MB)",
               "saved size (MB)", "predict (ex/s)"]
     out = [header]
@@ -183,7 +187,7 @@ def table_rows(comparison: dict[str, Any]) -> list[list[str]]:
         if r["status"] != "ok":
             out.append([r["method"], r["family"], "failed: " + r["reason"]] + [""] * (len(header) - 3))
             continue
-        out.append([r["method"], r["family"], _fmt(r["test"].get(metric)), _fmt(r["test"].get(second)),
+        out.append([r["method"], r["family"], *(_fmt(r["test"].get(m)) for m in shown),
                     _fmt(r["validation"].get(metric)), f"{r['parameters']['trainable']:,}",
                     f"{r['parameters']['trainable_percent']:.2f}", f"{r['fit_seconds']:.0f}",
                     f"{r['peak_memory_mb']:.0f}", f"{r['saved_size_mb']:.2f}", f"{r['predict_examples_per_second']:.0f}"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-TIE = 0.01  # absolute, for metrics in [0, 1]; relative for error metrics (mse, loss)
+TIE = 0.01  # absolute, for metrics in [0, 1] (1 point of chrF/BLEU); relative for error metrics (mse, loss)
 NAMES = {"full": "full fine-tuning", "lora": "LoRA", "adapter": "bottleneck adapters", "prompt": "prompt engineering",
          "ia3": "IA3"}
 LITTLE_DATA_PER_CLASS = 32  # below this many training examples per class, prompts beat training
@@ -55,7 +55,7 @@ def recommend_measured(comparison: dict[str, Any], task) -> dict[str, Any]:
 
     sign = 1 if lower else -1
     best = min(candidates, key=lambda r: (sign * value(r), *_cost(r), r["method"]))  # order-independent
-    tolerance = TIE * abs(value(best)) if lower else TIE
+    tolerance = TIE * abs(value(best)) if lower else TIE * (100 if metric in task.percent_metrics else 1)
     tied = [r for r in candidates if abs(value(r) - value(best)) <= tolerance]
     chosen = min(tied, key=lambda r: (*_cost(r), r["method"]))
     sentences = []

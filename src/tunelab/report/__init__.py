@@ -21,7 +21,8 @@ from . import plots
 
 TOP_PROMPTS = 10
 PROMPT_COLUMNS = {"template": "input template", "label_template": "label template", "shots": "shots per class",
-                  "weight": "prototype weight", "calibrate": "calibrated"}
+                  "weight": "prototype weight", "calibrate": "calibrated", "verbalizer": "label words"}
+GENERATION_PROMPT_COLUMNS = {**PROMPT_COLUMNS, "shots": "demonstrations"}  # open answers have no classes
 
 
 @dataclass
@@ -177,7 +178,8 @@ def _prompt_search(run: Path, metric: str) -> tuple[list[str], list[list[str]], 
     chosen = (_json(run / "model" / "prompt.json") or {}).get("chosen")
     score = f"validation_{metric}"
     keys = [k for k in (candidates[0] if candidates else {}) if not k.startswith("validation_")]
-    header = ["rank"] + [PROMPT_COLUMNS.get(k, k) for k in keys] + [f"validation {metric}", "chosen"]
+    names = PROMPT_COLUMNS if "label_template" in keys else GENERATION_PROMPT_COLUMNS
+    header = ["rank"] + [names.get(k, k) for k in keys] + [f"validation {metric}", "chosen"]
     rows = []
     for i, c in enumerate(candidates, start=1):
         picked = chosen is not None and all(c.get(k) == v for k, v in chosen.items())
@@ -194,7 +196,9 @@ def _cell(key: str, candidate: dict[str, Any]) -> str:
         return "–"  # zero-shot: no prototypes to weigh
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return str(value)
+    if key == "verbalizer":
+        return {"label": "label names", "words": "verbalizers"}.get(value, str(value))
+    return str(value).replace("\n", "\\n")  # a template's line breaks, visible in one table cell
 
 
 def _run_folder(folder: Path, row: dict[str, Any]) -> Path:

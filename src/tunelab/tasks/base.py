@@ -23,7 +23,9 @@ class Task:
     required_columns: ClassVar[tuple[str, ...]] = ("text", "label")
     metric_names: ClassVar[tuple[str, ...]]
     default_metric: ClassVar[str]
+    shown_metrics: ClassVar[tuple[str, ...]] = ()  # test metrics a comparison table shows beside the chosen one
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
+    percent_metrics: ClassVar[frozenset[str]] = frozenset()  # on a 0–100 scale (the others: 0–1, or errors)
     peft_task_type: ClassVar[str] = "SEQ_CLS"  # peft's name for the model kind this task trains
     diagnostic_sample: ClassVar[int] = 1000  # train examples scored for the train/validation gap
 

@@ -16,6 +16,7 @@ class ClassificationTask(Task):
     label_kind = "class"
     metric_names = ("f1", "accuracy", "precision", "recall", "loss")
     default_metric = "f1"
+    shown_metrics = ("f1", "accuracy")
 
     def auto_class(self):
         from transformers import AutoModelForSequenceClassification

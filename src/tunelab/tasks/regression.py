@@ -16,6 +16,7 @@ class RegressionTask(Task):
     label_kind = "number"
     metric_names = ("mse", "mae", "r2", "pearson", "loss")
     default_metric = "mse"
+    shown_metrics = ("mse", "r2")
     lower_is_better = frozenset({"loss", "mse", "mae"})
 
     def auto_class(self):
