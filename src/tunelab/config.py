@@ -27,6 +27,16 @@ class SplitConfig:
                        "never straddles two splits.")
 
 
+BIBLE_LANGUAGES = ("en", "fr", "de", "es", "it", "pt", "ru", "pl", "ro")  # data/builtin.py's BIBLES
+
+
+def _language_pair(v: str) -> str | None:
+    parts = v.split("-")
+    if len(parts) == 2 and parts[0] != parts[1] and all(p in BIBLE_LANGUAGES for p in parts):
+        return None
+    return f"must be two different languages of {', '.join(BIBLE_LANGUAGES)} joined by '-', e.g. en-fr"
+
+
 @dataclass
 class DataConfig:
     source: str = option("rotten_tomatoes", "A built-in dataset name (`tunelab datasets`) or a path to a "
@@ -45,6 +55,8 @@ class DataConfig:
     max_examples: int | None = option(None, "Keep a stratified subset of this many examples (before splitting).",
                                       positive)
     max_length: int = option(128, "Longest input in tokens; longer texts are truncated.", positive)
+    languages: str | None = option(None, "`bible_parallel` only: the language pair, source-target, of "
+                                   f"{', '.join(BIBLE_LANGUAGES)}. Unset: en-fr.", _language_pair)
 
 
 @dataclass
@@ -271,6 +283,10 @@ def validate(cfg: RunConfig) -> list[str]:
         if builtin_task and builtin_task != cfg.task and {"generation", "extractive_qa"} & {cfg.task, builtin_task}:
             problems.append(f"`data.source` {cfg.data.source!r} is a {DATASETS.get(cfg.data.source).task} dataset, "
                             f"not one for task {cfg.task!r}")
+        if cfg.data.languages and "languages" not in (DATASETS.get(cfg.data.source).options
+                                                      if cfg.data.source in DATASETS else ()):
+            problems.append(f"`data.languages` applies to the built-in bible_parallel only, not to "
+                            f"{cfg.data.source!r}; remove it")
         missing_roles = [r for r in task.required_columns if r not in cfg.data.columns]
         if missing_roles and cfg.data.source not in DATASETS:
             problems.append(f"`data.columns` must name the {', '.join(missing_roles)} column(s) for {cfg.task}")

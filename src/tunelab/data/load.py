@@ -21,7 +21,8 @@ def load_splits(cfg: DataConfig, label_kind: str) -> Splits:
     """`label_kind` is "class" (classification), "number" (regression), "text" (generation) or "span"
     (extractive QA)."""
     if cfg.source in DATASETS:
-        examples = DATASETS.get(cfg.source).load()
+        dataset = DATASETS.get(cfg.source)
+        examples = dataset.load(**{k: getattr(cfg, k) for k in dataset.options if getattr(cfg, k) is not None})
         where = cfg.source
     else:
         examples = rows_to_examples(read_rows(cfg.source), cfg, label_kind)
