@@ -114,6 +114,8 @@ def train(model: nn.Module, train_batches: Batches, evaluate: Callable[[], dict[
         # A live bar on a terminal only: in logs and CI it would be thousands of carriage returns.
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="step",
                    disable=not sys.stderr.isatty())
+        # Without the bar (a log file, nohup, CI), a line at each fifth of an epoch says the run is alive.
+        every, started, done = (max(1, steps_per_epoch // 5) if bar.disable else 0), time.time(), 0
         for batch in train_batches.iterate(cfg.batch_size, shuffle):
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(precision, device):
@@ -132,6 +134,10 @@ def train(model: nn.Module, train_batches: Batches, evaluate: Callable[[], dict[
             running, since_log = running + loss_value, since_log + 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
+            done += 1
+            if every and done % every == 0 and done < steps_per_epoch:
+                log(f"epoch {epoch + 1}/{cfg.epochs}: step {done}/{steps_per_epoch}, loss {loss_value:.4f}, "
+                    f"{(time.time() - started) / done:.2f} s/step")
             if state.step % cfg.log_every == 0:
                 state.history.append({"step": state.step, "epoch": state.step / steps_per_epoch,
                                       "train_loss": running / since_log, "learning_rate": scheduler.get_last_lr()[0],
