@@ -77,3 +77,18 @@ def test_listing_commands(capsys):
     out = capsys.readouterr().out
     for name in ("rotten_tomatoes", "bbc_news", "minilm", "smollm2-135m", "lora", "adapter", "train.epochs"):
         assert name in out
+
+
+def test_overrides_may_follow_options(tiny_config, tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config("lora")))
+    assert main(["config", str(path), "train.epochs=7"]) == 0
+    assert "epochs: 7" in capsys.readouterr().out
+    assert main(["train", str(path), "--overwrite", "train.epochs=1", "name=late"]) == 0
+    assert json.loads((tmp_path / "runs" / "late" / "metrics.json").read_text())["epochs_run"] == 1
+    try:
+        main(["train", str(path), "--overwrite", "--nonsense"])
+    except SystemExit as e:
+        assert e.code == 2  # an unknown option is still argparse's usage error
+    else:
+        raise AssertionError("an unknown option was accepted")

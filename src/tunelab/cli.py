@@ -81,7 +81,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the built-ins never need a hub; fail fast instead of waiting
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # Overrides may come after options too (`compare cfg.yaml --methods lora train.epochs=1`), which plain
+    # argparse refuses once the positional list has ended.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
+            parser.parse_args(argv)  # the usual usage error, exit 2
+        args.overrides = [*(args.overrides or []), *extra]
     try:
         return COMMANDS[args.command](args) or 0
     except TunelabError as e:
