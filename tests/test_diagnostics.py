@@ -28,3 +28,11 @@ def test_healthy_run_has_no_warnings():
 
 def test_lower_is_better_metrics():
     assert overfitting_warnings([], "mse", 0.1, 0.5, False, True)[0].startswith("overfitting: mse")
+
+
+def test_gaps_follow_the_metric_scale():
+    # Perplexity 11.1 on training vs 13.4 on validation: 20% apart, within what splits differ by.
+    assert overfitting_warnings([], "perplexity", 11.14, 13.38, False, True) == []
+    assert overfitting_warnings([], "perplexity", 5.0, 13.0, False, True)[0].startswith("overfitting: perplexity")
+    assert overfitting_warnings([], "chrf", 45.0, 40.0, False, False, scale=100) == []  # 5 chrF points
+    assert overfitting_warnings([], "chrf", 60.0, 40.0, False, False, scale=100)[0].startswith("overfitting: chrf")

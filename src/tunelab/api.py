@@ -98,7 +98,8 @@ def _diagnostics(adapted, splits, validation: dict[str, Any]) -> dict[str, Any]:
     train_metrics = adapted.evaluate(sample)
     state = adapted.state
     warnings = overfitting_warnings(state.history, metric, train_metrics.get(metric), validation.get(metric),
-                                    state.stopped_early, metric in task.lower_is_better)
+                                    state.stopped_early, metric in task.lower_is_better,
+                                    scale=100 if metric in task.percent_metrics else 1)
     keep = {k: v for k, v in train_metrics.items() if isinstance(v, float)}
     return {"metric": metric, "train": keep, "warnings": warnings}
 

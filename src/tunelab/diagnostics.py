@@ -5,12 +5,15 @@ from typing import Any
 
 REMEDIES = ("more training data, a higher train.dropout, a higher train.weight_decay, early stopping "
             "(train.early_stopping.patience) or fewer train.epochs")
-GAP = 0.10  # a train/validation gap of the main metric above this is worth a warning
+GAP = 0.10  # a train/validation gap of a 0–1 metric above this is worth a warning (10 points of chrF, BLEU)
+RELATIVE_GAP = 0.25  # errors (loss, perplexity, mse) have no fixed scale: validation 25% above training
 RISING = 2  # validation loss rising this many evaluations in a row while training loss falls
 
 
 def overfitting_warnings(history: list[dict[str, Any]], metric: str, train_value: float | None,
-                         validation_value: float | None, stopped_early: bool, lower_is_better: bool) -> list[str]:
+                         validation_value: float | None, stopped_early: bool, lower_is_better: bool,
+                         scale: float = 1.0) -> list[str]:
+    """`scale` is the metric's full scale where higher is better: 1, or 100 for chrF and BLEU."""
     warnings = []
     evals = [h for h in history if "validation_loss" in h]
     train_losses = _train_loss_per_epoch(history)
@@ -25,7 +28,8 @@ def overfitting_warnings(history: list[dict[str, Any]], metric: str, train_value
             break
     if train_value is not None and validation_value is not None:
         gap = (validation_value - train_value) if lower_is_better else (train_value - validation_value)
-        if gap > GAP:
+        too_wide = gap > RELATIVE_GAP * abs(train_value) if lower_is_better else gap > GAP * scale
+        if too_wide:
             warnings.append(f"overfitting: {metric} is {train_value:.3f} on training data but {validation_value:.3f} "
                             f"on validation (gap {gap:.3f}); try {REMEDIES}")
     if stopped_early:
