@@ -53,3 +53,21 @@ def test_package_functions_survive_submodule_imports():
     import tunelab.training.loop  # noqa: F401
     for name in ("train", "evaluate", "predict", "compare", "estimate", "load_config"):
         assert callable(getattr(tunelab, name)) and not isinstance(getattr(tunelab, name), type(tunelab)), name
+
+
+def test_compare_generation_shows_generation_metrics(tiny_generation_config, tmp_path):
+    """All four families on a generation task: the table shows chrF, BLEU, F1 and perplexity, the report builds."""
+    from tunelab.comparison import table_rows
+    cfg = tiny_generation_config()
+    cfg["methods"] = {"prompt": {"shots": [0, 1]}}
+    result = compare(cfg, ["prompt", "lora", "adapter", "full"], output=tmp_path / "cmp", name="gen",
+                     log=lambda _: None)
+    assert [r["status"] for r in result["rows"]] == ["ok"] * 4
+    header = table_rows(result)[0]
+    assert header[2:6] == ["test chrf", "test bleu", "test f1", "test perplexity"]
+    prompt = next(r for r in result["rows"] if r["method"] == "prompt")
+    assert prompt["parameters"]["trainable"] == 0 and prompt["test"]["perplexity"] > 1
+    html = (tmp_path / "cmp" / "gen" / "report.html").read_text()
+    assert "test perplexity" in html and "Prompt search: prompt" in html and "demonstrations" in html
+    estimates = estimate(cfg, ["prompt", "lora"])
+    assert all(r["status"] == "ok" and r["fit_seconds"] > 0 for r in estimates["methods"])

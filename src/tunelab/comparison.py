@@ -190,8 +190,13 @@ def table_rows(comparison: dict[str, Any]) -> list[list[str]]:
         out.append([r["method"], r["family"], *(_fmt(r["test"].get(m)) for m in shown),
                     _fmt(r["validation"].get(metric)), f"{r['parameters']['trainable']:,}",
                     f"{r['parameters']['trainable_percent']:.2f}", f"{r['fit_seconds']:.0f}",
-                    f"{r['peak_memory_mb']:.0f}", f"{r['saved_size_mb']:.2f}", f"{r['predict_examples_per_second']:.0f}"])
+                    f"{r['peak_memory_mb']:.0f}", f"{r['saved_size_mb']:.2f}", _rate(r['predict_examples_per_second'])])
     return out
+
+
+def _rate(v: float) -> str:
+    """Examples per second: generating runs below one, which a whole number would show as 0."""
+    return f"{v:.0f}" if v >= 10 else f"{v:.2g}"
 
 
 def _fmt(v: float | None) -> str:

@@ -104,7 +104,7 @@ def fit(cfg: RunConfig, splits: Splits, log: Callable[[str], None] = print,
     if not method.trains:
         method.fit(splits.train, splits.validation, adapted.task, metric)
         log(f"prompt search: {len(method.search)} candidates on {method.search_examples} validation examples; "
-            f"chose {method.chosen}")
+            "chose " + ", ".join(f"{k} {v!r}" for k, v in method.chosen.row().items()))
         return adapted
 
     assert isinstance(method, TrainedMethod)
