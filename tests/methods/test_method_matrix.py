@@ -22,7 +22,7 @@ MATRIX = {
     "lora": ["classification", "regression", "extractive_qa", "generation"],
     "ia3": ["classification", "regression", "extractive_qa", "generation"],
     "adapter": ["classification", "regression", "extractive_qa", "generation"],
-    "prompt": ["classification"],
+    "prompt": ["classification", "generation"],
 }
 ONLY_FAMILY = {"generation": "llama", "extractive_qa": "bert"}
 CASES = [(m, t, f) for m, tasks in MATRIX.items() for t in tasks for f in ("bert", "llama")
