@@ -46,6 +46,7 @@ class ExtractiveQATask(Task):
     required_columns = ()  # SQuAD articles or question/context/answers rows: checked when the rows are read
     metric_names = ("f1", "exact_match", "loss")
     default_metric = "f1"
+    shown_metrics = ("f1", "exact_match")  # beside the chosen metric in a comparison table
     peft_task_type = "QUESTION_ANS"
 
     def __init__(self, options: ExtractiveQAConfig | None = None):
