@@ -169,3 +169,21 @@ def tiny_qa_config(tiny_qa_json, tiny_bert, tmp_path):
             "output": str(tmp_path / "runs"),
         }
     return make
+
+
+@pytest.fixture
+def llama_tokenizer(tiny_llama):
+    from tunelab import models
+    return models.load_tokenizer(tiny_llama)
+
+
+@pytest.fixture
+def causal_lm(tiny_llama):
+    """The tiny Llama with its language-model head, seeded, in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunelab import models
+    torch.manual_seed(0)
+    model, _ = models.load_model(AutoModelForCausalLM, tiny_llama)
+    return model.eval()

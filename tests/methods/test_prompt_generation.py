@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
-from tunelab import models
 from tunelab.api import evaluate
 from tunelab.cli import main
 from tunelab.config import GenerationConfig
@@ -20,44 +18,31 @@ TRAIN = [Example(f"repeat {w}", w) for w in ("red", "blue", "green", "cat", "dog
 VALIDATION = [Example("repeat sun", "sun"), Example("repeat moon", "moon")]
 
 
-@pytest.fixture
-def tokenizer(tiny_llama):
-    return models.load_tokenizer(tiny_llama)
-
-
-@pytest.fixture
-def causal_lm(tiny_llama):
-    from transformers import AutoModelForCausalLM
-    torch.manual_seed(0)
-    model, _ = models.load_model(AutoModelForCausalLM, tiny_llama)
-    return model.eval()
-
-
-def test_plain_prompt_shows_demonstrations_then_the_input(tokenizer):
+def test_plain_prompt_shows_demonstrations_then_the_input(llama_tokenizer):
     task = GenerationTask(GenerationConfig(template="Copy: {source}", chat_template="off"))
     shown = task.with_prompt("Copy: {text}", TRAIN[:2])
-    assert shown.prompt_text(tokenizer, Example("repeat sun")) == \
+    assert shown.prompt_text(llama_tokenizer, Example("repeat sun")) == \
         "Copy: repeat red\nred\n\nCopy: repeat blue\nblue\n\nCopy: repeat sun\n"
-    assert task.prompt_text(tokenizer, Example("repeat sun")) == "Copy: repeat sun\n"  # the original is unchanged
+    assert task.prompt_text(llama_tokenizer, Example("repeat sun")) == "Copy: repeat sun\n"  # the original is unchanged
 
 
-def test_chat_prompt_gives_each_demonstration_a_turn(tokenizer):
-    tokenizer.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+def test_chat_prompt_gives_each_demonstration_a_turn(llama_tokenizer):
+    llama_tokenizer.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
                                "{% if add_generation_prompt %}<assistant>{% endif %}")
     task = GenerationTask().with_prompt("{source}", TRAIN[:1])
-    assert task.prompt_text(tokenizer, Example("repeat sun")) == \
+    assert task.prompt_text(llama_tokenizer, Example("repeat sun")) == \
         "<user>repeat red<assistant>red<user>repeat sun<assistant>"
 
 
-def _method(causal_lm, tokenizer, **options) -> PromptEngineering:
+def _method(causal_lm, llama_tokenizer, **options) -> PromptEngineering:
     method = PromptEngineering(PromptOptions(**options))
     task = GenerationTask(GenerationConfig(max_new_tokens=3, chat_template="off"))
-    method.attach(GenerationPrompter(causal_lm, tokenizer, task, method.options, 32, 4, "fp32"), [])
+    method.attach(GenerationPrompter(causal_lm, llama_tokenizer, task, method.options, 32, 4, "fp32"), [])
     return method
 
 
-def test_search_scores_every_template_and_shot_count_and_keeps_the_best(causal_lm, tokenizer):
-    method = _method(causal_lm, tokenizer, templates=["Say: {text}"], shots=[0, 2])
+def test_search_scores_every_template_and_shot_count_and_keeps_the_best(causal_lm, llama_tokenizer):
+    method = _method(causal_lm, llama_tokenizer, templates=["Say: {text}"], shots=[0, 2])
     method.fit(TRAIN, VALIDATION, GenerationTask(), "perplexity")
     tried = {(r["template"], r["shots"]) for r in method.search}
     assert tried == {("{source}", 0), ("Say: {text}", 0), ("{source}", 2), ("Say: {text}", 2)}
@@ -68,15 +53,15 @@ def test_search_scores_every_template_and_shot_count_and_keeps_the_best(causal_l
     assert set(method.search[0]) == {"template", "shots", "validation_perplexity"}  # no label-scoring columns
 
 
-def test_likelihood_metrics_search_without_generating(causal_lm, tokenizer, monkeypatch):
+def test_likelihood_metrics_search_without_generating(causal_lm, llama_tokenizer, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("generated while searching by perplexity")
     monkeypatch.setattr(GenerationTask, "generate", refuse)
-    _method(causal_lm, tokenizer, shots=[0, 1]).fit(TRAIN, VALIDATION, GenerationTask(), "perplexity")
+    _method(causal_lm, llama_tokenizer, shots=[0, 1]).fit(TRAIN, VALIDATION, GenerationTask(), "perplexity")
 
 
-def test_text_metrics_search_generates(causal_lm, tokenizer):
-    method = _method(causal_lm, tokenizer, shots=[0])
+def test_text_metrics_search_generates(causal_lm, llama_tokenizer):
+    method = _method(causal_lm, llama_tokenizer, shots=[0])
     method.fit(TRAIN, VALIDATION, GenerationTask(), "chrf")
     assert method.chosen == Candidate("{source}", shots=0)
     generated, loss = method.outputs(VALIDATION, with_loss=True)

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tunelab import models
 from tunelab.cli import main
 from tunelab.config import GenerationConfig, load_config
 from tunelab.data import Example, load_splits
@@ -20,26 +19,13 @@ from tunelab.training.loop import predict_scores
 EXAMPLES = [Example("repeat red cat", "red cat"), Example("repeat a long list of many words please", "blue")]
 
 
-@pytest.fixture
-def tokenizer(tiny_llama):
-    return models.load_tokenizer(tiny_llama)
-
-
-@pytest.fixture
-def causal_lm(tiny_llama):
-    from transformers import AutoModelForCausalLM
-    torch.manual_seed(0)
-    model, _ = models.load_model(AutoModelForCausalLM, tiny_llama)
-    return model.eval()
-
-
-def test_labels_are_masked_exactly_on_prompt_and_padding(tokenizer):
+def test_labels_are_masked_exactly_on_prompt_and_padding(llama_tokenizer):
     task = GenerationTask()
-    features = task.encode(tokenizer, EXAMPLES, max_length=64)
-    batch = task.collate(tokenizer, features)
+    features = task.encode(llama_tokenizer, EXAMPLES, max_length=64)
+    batch = task.collate(llama_tokenizer, features)
     for i, e in enumerate(EXAMPLES):
-        n_prompt = len(task.prompt_ids(tokenizer, e))
-        answer = tokenizer(e.label, add_special_tokens=False)["input_ids"] + [tokenizer.sep_token_id]
+        n_prompt = len(task.prompt_ids(llama_tokenizer, e))
+        answer = llama_tokenizer(e.label, add_special_tokens=False)["input_ids"] + [llama_tokenizer.sep_token_id]
         n = n_prompt + len(answer)
         labels, ids = batch["labels"][i].tolist(), batch["input_ids"][i].tolist()
         assert labels[:n_prompt] == [IGNORE] * n_prompt
@@ -48,30 +34,30 @@ def test_labels_are_masked_exactly_on_prompt_and_padding(tokenizer):
         assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (len(labels) - n)
 
 
-def test_truncation_side(tokenizer):
+def test_truncation_side(llama_tokenizer):
     e = [Example("one two three four five six seven eight nine ten", "red cat")]
-    answer = tokenizer("red cat", add_special_tokens=False)["input_ids"] + [tokenizer.sep_token_id]
-    left = GenerationTask(GenerationConfig(truncation_side="left")).encode(tokenizer, e, max_length=6)[0]
+    answer = llama_tokenizer("red cat", add_special_tokens=False)["input_ids"] + [llama_tokenizer.sep_token_id]
+    left = GenerationTask(GenerationConfig(truncation_side="left")).encode(llama_tokenizer, e, max_length=6)[0]
     assert len(left["input_ids"]) == 6 and left["labels"][-len(answer):] == answer  # the answer is kept whole
-    right = GenerationTask(GenerationConfig(truncation_side="right")).encode(tokenizer, e, max_length=6)[0]
+    right = GenerationTask(GenerationConfig(truncation_side="right")).encode(llama_tokenizer, e, max_length=6)[0]
     assert len(right["input_ids"]) == 6 and set(right["labels"]) == {IGNORE}  # the answer is cut away
 
 
-def test_a_batch_without_answer_tokens_is_an_error_not_a_zero_loss(tokenizer):
+def test_a_batch_without_answer_tokens_is_an_error_not_a_zero_loss(llama_tokenizer):
     task = GenerationTask(GenerationConfig(truncation_side="right"))
-    batches = Batches(task, tokenizer, [Example("one two three four five six seven eight", "red cat")], [], 4)
+    batches = Batches(task, llama_tokenizer, [Example("one two three four five six seven eight", "red cat")], [], 4)
     with pytest.raises(TrainingError, match="every answer token .* truncated away.*raise data.max_length or set "
                                             "generation.truncation_side: left"):
         next(batches.iterate(8))
 
 
-def test_loss_is_the_mean_answer_token_loss(tokenizer, causal_lm):
+def test_loss_is_the_mean_answer_token_loss(llama_tokenizer, causal_lm):
     task = GenerationTask()
     examples = EXAMPLES + [Example("repeat sun", "sun moon tree dog")]
-    _, loss = predict_scores(causal_lm, Batches(task, tokenizer, examples, [], 64), 2, "fp32", torch.device("cpu"),
+    _, loss = predict_scores(causal_lm, Batches(task, llama_tokenizer, examples, [], 64), 2, "fp32", torch.device("cpu"),
                              keep_outputs=False)
     total, count = 0.0, 0
-    for f in task.encode(tokenizer, examples, 64):  # one at a time, no padding: the hand-computed value
+    for f in task.encode(llama_tokenizer, examples, 64):  # one at a time, no padding: the hand-computed value
         with torch.no_grad():
             logits = causal_lm(input_ids=torch.tensor([f["input_ids"]])).logits[0, :-1]
         target = torch.tensor(f["labels"][1:])
@@ -79,57 +65,57 @@ def test_loss_is_the_mean_answer_token_loss(tokenizer, causal_lm):
         total += float(F.cross_entropy(logits[keep], target[keep], reduction="sum"))
         count += int(keep.sum())
     assert loss == pytest.approx(total / count, rel=1e-5)
-    metrics = task.metrics(task.outputs(causal_lm, tokenizer, examples, [], max_length=64, batch_size=2,
+    metrics = task.metrics(task.outputs(causal_lm, llama_tokenizer, examples, [], max_length=64, batch_size=2,
                                         precision="fp32", device=torch.device("cpu"), with_loss=True)[0],
                            examples, [])
     assert metrics["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
 
 
-def test_generation_pads_on_the_left_and_batching_changes_nothing(tokenizer, causal_lm):
+def test_generation_pads_on_the_left_and_batching_changes_nothing(llama_tokenizer, causal_lm):
     ids, mask = left_pad([[5, 6, 7], [8]], pad=0)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     task = GenerationTask(GenerationConfig(max_new_tokens=5))
     prompts = [Example("repeat red cat"), Example("a much longer prompt with many more words in it"), Example("x")]
     kw = dict(max_length=64, precision="fp32", device=torch.device("cpu"))
-    together = task.generate(causal_lm, tokenizer, prompts, batch_size=3, **kw)
-    alone = [task.generate(causal_lm, tokenizer, [p], batch_size=1, **kw)[0] for p in prompts]
+    together = task.generate(causal_lm, llama_tokenizer, prompts, batch_size=3, **kw)
+    alone = [task.generate(causal_lm, llama_tokenizer, [p], batch_size=1, **kw)[0] for p in prompts]
     assert together == alone
     assert all(t for t in together)
 
 
-def test_beam_and_sampling_settings_run(tokenizer, causal_lm):
+def test_beam_and_sampling_settings_run(llama_tokenizer, causal_lm):
     kw = dict(max_length=64, batch_size=2, precision="fp32", device=torch.device("cpu"))
-    beams = GenerationTask(GenerationConfig(max_new_tokens=3, num_beams=3)).generate(causal_lm, tokenizer,
+    beams = GenerationTask(GenerationConfig(max_new_tokens=3, num_beams=3)).generate(causal_lm, llama_tokenizer,
                                                                                     EXAMPLES, **kw)
     sampler = GenerationTask(GenerationConfig(max_new_tokens=3, do_sample=True, temperature=0.7, top_p=0.9), seed=1)
     assert len(beams) == 2
-    assert sampler.generate(causal_lm, tokenizer, EXAMPLES, **kw) == sampler.generate(causal_lm, tokenizer,
+    assert sampler.generate(causal_lm, llama_tokenizer, EXAMPLES, **kw) == sampler.generate(causal_lm, llama_tokenizer,
                                                                                      EXAMPLES, **kw)
 
 
-def test_stop_strings_cut_the_output(tokenizer, causal_lm):
+def test_stop_strings_cut_the_output(llama_tokenizer, causal_lm):
     assert cut_at_stop("red cat\nuser: more", ["\n", "user:"]) == "red cat"
     assert cut_at_stop(" red cat ", []) == "red cat"
     assert cut_at_stop("abc STOP def", ["zzz", "STOP", "c"]) == "ab"
     kw = dict(max_length=64, batch_size=2, precision="fp32", device=torch.device("cpu"))
-    full = GenerationTask(GenerationConfig(max_new_tokens=6)).generate(causal_lm, tokenizer, EXAMPLES, **kw)
+    full = GenerationTask(GenerationConfig(max_new_tokens=6)).generate(causal_lm, llama_tokenizer, EXAMPLES, **kw)
     stop = full[0].split()[1]  # the second generated word
-    cut = GenerationTask(GenerationConfig(max_new_tokens=6, stop=[stop])).generate(causal_lm, tokenizer,
+    cut = GenerationTask(GenerationConfig(max_new_tokens=6, stop=[stop])).generate(causal_lm, llama_tokenizer,
                                                                                   EXAMPLES, **kw)
     assert cut[0] == full[0][:full[0].find(stop)].strip()
 
 
-def test_prompts_use_the_chat_template_when_there_is_one(tokenizer):
+def test_prompts_use_the_chat_template_when_there_is_one(llama_tokenizer):
     e = Example("hello")
-    assert GenerationTask(GenerationConfig(template="Say:\n{source}")).prompt_text(tokenizer, e) == "Say:\nhello\n"
+    assert GenerationTask(GenerationConfig(template="Say:\n{source}")).prompt_text(llama_tokenizer, e) == "Say:\nhello\n"
     with pytest.raises(TunelabError, match="chat_template` is on but the model's tokenizer has no chat template"):
-        GenerationTask(GenerationConfig(chat_template="on")).prompt_text(tokenizer, e)
-    tokenizer.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}" \
+        GenerationTask(GenerationConfig(chat_template="on")).prompt_text(llama_tokenizer, e)
+    llama_tokenizer.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}" \
                               "{% if add_generation_prompt %}<assistant>{% endif %}"
-    assert GenerationTask().prompt_text(tokenizer, e) == "<user>hello<assistant>"
+    assert GenerationTask().prompt_text(llama_tokenizer, e) == "<user>hello<assistant>"
     turns = Example("hi", "x", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
-    assert GenerationTask().prompt_text(tokenizer, turns) == "<system>be brief<user>hi<assistant>"
-    assert GenerationTask(GenerationConfig(chat_template="off")).prompt_text(tokenizer, turns) == \
+    assert GenerationTask().prompt_text(llama_tokenizer, turns) == "<system>be brief<user>hi<assistant>"
+    assert GenerationTask(GenerationConfig(chat_template="off")).prompt_text(llama_tokenizer, turns) == \
         "system: be brief\nuser: hi\nassistant:\n"
 
 
