@@ -92,3 +92,24 @@ def test_overrides_may_follow_options(tiny_config, tmp_path, capsys):
         assert e.code == 2  # an unknown option is still argparse's usage error
     else:
         raise AssertionError("an unknown option was accepted")
+
+
+def test_a_terminated_run_leaves_no_partial_folder(tiny_config, tmp_path):
+    """SIGTERM (`kill`, a job scheduler, a CI timeout) cleans up as Ctrl-C does: no `.NAME.partial-*` folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    config = _write_config(tmp_path, tiny_config("full"))
+    process = subprocess.Popen([sys.executable, "-m", "tunelab.cli", "train", config, "train.epochs=500",
+                                "train.early_stopping.patience=500"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert process.stdout.readline().startswith("run ")  # the partial folder exists from here on
+    time.sleep(1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "terminated; nothing was written"
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())

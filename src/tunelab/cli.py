@@ -5,7 +5,9 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 
 from .errors import TunelabError
 
@@ -89,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
             parser.parse_args(argv)  # the usual usage error, exit 2
         args.overrides = [*(args.overrides or []), *extra]
+    # SIGTERM (`kill`, a job scheduler, a CI timeout) unwinds like Ctrl-C, so the run's partial folder is removed.
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         return COMMANDS[args.command](args) or 0
     except TunelabError as e:
@@ -97,6 +102,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("terminated; nothing was written", file=sys.stderr)
+        return 143
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every `finally` and `except BaseException` cleanup runs."""
+
+
+def _terminated(signum, frame) -> None:
+    raise _Terminated()
 
 
 def _train(args) -> None:

@@ -119,12 +119,17 @@ def _run_method(method: str, cfg: RunConfig, folder: Path, overwrite: bool, log)
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
         last = ""
-        for line in process.stdout:
-            log_file.write(line)
-            if line.strip():
-                last = line.strip()
-                log(f"  {line.rstrip()}")
-        status = process.wait()
+        try:
+            for line in process.stdout:
+                log_file.write(line)
+                if line.strip():
+                    last = line.strip()
+                    log(f"  {line.rstrip()}")
+            status = process.wait()
+        except BaseException:  # Ctrl-C or SIGTERM here: the method's run stops too, and cleans up after itself
+            process.terminate()
+            process.wait()
+            raise
     config_path.unlink(missing_ok=True)
     if status != 0:
         reason = _failure_reason(status, last)
