@@ -114,6 +114,10 @@ class GenerationConfig:
     temperature: float = option(1.0, "Sampling temperature (with do_sample); lower is more conservative.", positive)
     top_p: float = option(1.0, "Nucleus sampling (with do_sample): sample from the smallest set of tokens whose "
                           "probability reaches top_p.", _top_p)
+    repetition_penalty: float = option(1.0, "Divides the score of every token already in the prompt or answer "
+                                       "(1 = off; 1.1-1.3 curbs the loops small models fall into).", positive)
+    no_repeat_ngram_size: int = option(0, "Never repeat an n-gram of this many tokens in an answer (0 = off).",
+                                       non_negative)
     stop: list[str] = option(doc="Strings that end an answer: the output is cut at the first one found.",
                              factory=list)
 

@@ -93,6 +93,16 @@ def test_beam_and_sampling_settings_run(llama_tokenizer, causal_lm):
                                                                                      EXAMPLES, **kw)
 
 
+def test_repetition_settings_reach_generate(llama_tokenizer, causal_lm, monkeypatch):
+    kw = dict(max_length=64, batch_size=2, precision="fp32", device=torch.device("cpu"))
+    seen = []
+    generate = causal_lm.generate
+    monkeypatch.setattr(causal_lm, "generate", lambda **a: seen.append(a["generation_config"]) or generate(**a))
+    task = GenerationTask(GenerationConfig(max_new_tokens=12, no_repeat_ngram_size=2, repetition_penalty=1.3))
+    assert len(task.generate(causal_lm, llama_tokenizer, EXAMPLES, **kw)) == 2
+    assert (seen[0].no_repeat_ngram_size, seen[0].repetition_penalty) == (2, 1.3)
+
+
 def test_stop_strings_cut_the_output(llama_tokenizer, causal_lm):
     assert cut_at_stop("red cat\nuser: more", ["\n", "user:"]) == "red cat"
     assert cut_at_stop(" red cat ", []) == "red cat"
