@@ -34,6 +34,16 @@ def test_compare_records_failures_and_reuses_finished_runs(tiny_config, tmp_path
     with pytest.raises(TunelabError, match=r"was trained with another config \(train.epochs 2 → 1\)"):
         compare(cfg, ["lora"], ["train.epochs=1"], output=tmp_path / "cmp", name="c", log=logs.append)
 
+    # A run saved before an option existed (its config.yaml lacks the key) matches when the option is at its default.
+    import yaml
+    saved = tmp_path / "cmp" / "c" / "runs" / "lora" / "config.yaml"
+    older = yaml.safe_load(saved.read_text())
+    del older["train"]["scheduler"]
+    saved.write_text(yaml.safe_dump(older, sort_keys=False))
+    logs.clear()
+    compare(cfg, ["lora"], output=tmp_path / "cmp", name="c", log=logs.append)
+    assert any("reusing the finished run" in line for line in logs)
+
 
 def test_estimate_reports_every_method(tiny_config):
     result = estimate(tiny_config("lora"), ["prompt", "lora", "full"], log=lambda _: None)

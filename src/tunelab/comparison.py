@@ -102,7 +102,7 @@ def _run_method(method: str, cfg: RunConfig, folder: Path, overwrite: bool, log)
     run = folder / "runs" / method
     wanted = cfg.to_dict()
     if (run / "metrics.json").is_file() and not overwrite:
-        had = yaml.safe_load((run / "config.yaml").read_text())
+        had = _as_now(yaml.safe_load((run / "config.yaml").read_text()))
         if had == wanted:
             log(f"  reusing the finished run {run}")
             return _row(method, run)
@@ -137,6 +137,14 @@ def _run_method(method: str, cfg: RunConfig, folder: Path, overwrite: bool, log)
         return {"method": method, "family": METHODS.get(method).family, "status": "failed", "reason": reason,
                 "seconds": round(time.time() - started, 1), "log": str(log_path)}
     return _row(method, run)
+
+
+def _as_now(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved run's config with the options added since it was trained at their defaults (which it ran with)."""
+    try:
+        return load_config(saved).to_dict()
+    except TunelabError:  # an option it had is gone or changed meaning: compare it as written
+        return saved
 
 
 def _failure_reason(status: int, last: str) -> str:
