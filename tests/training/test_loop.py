@@ -64,6 +64,13 @@ def test_history_has_steps_and_epochs(tiny_config):
     assert [h["epoch"] for h in adapted.state.history if "validation_f1" in h] == [1, 2]
 
 
+def test_a_run_shorter_than_log_every_still_records_its_training_loss(tiny_config):
+    adapted, _ = _fit(tiny_config("lora"), ["train.epochs=2", "train.log_every=1000"])
+    steps = [h for h in adapted.state.history if "train_loss" in h]
+    assert [h["epoch"] for h in steps] == [1, 2] and steps[-1]["step"] == adapted.state.step
+    assert all(h["train_loss"] > 0 for h in steps)
+
+
 def test_dropout_override_reaches_the_model(tiny_config):
     adapted, _ = _fit(tiny_config("full"), ["train.dropout=0.3", "train.epochs=1"])
     assert adapted.model.config.hidden_dropout_prob == 0.3

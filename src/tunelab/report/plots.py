@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # a report is written on servers without a display
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 DPI = 110
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -167,8 +167,9 @@ def learning_curves(histories: dict[str, list[dict[str, Any]]], best_epochs: dic
                 continue
             xs, ys = [r["epoch"] for r in rows], [r[key] for r in rows]
             evaluated = key.startswith("validation_")
-            ax.plot(xs, ys, marker=markers[method] if evaluated else None, ms=5, lw=1.5, color=palette[method],
-                    label=method, alpha=0.9)
+            # A line of one or two points is invisible without markers (a short run records one training loss).
+            ax.plot(xs, ys, marker=markers[method] if evaluated or len(rows) < 3 else None, ms=5, lw=1.5,
+                    color=palette[method], label=method, alpha=0.9)
             best = [r for r in rows if r["epoch"] == best_epochs.get(method)]
             if evaluated and best and key == f"validation_{metric}":
                 ax.scatter([best[0]["epoch"]], [best[0][key]], s=140, facecolors="none", edgecolors=palette[method],
@@ -176,8 +177,11 @@ def learning_curves(histories: dict[str, list[dict[str, Any]]], best_epochs: dic
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.ticklabel_format(axis="y", useOffset=False)
+        ax.set_xlim(left=0)  # from the start of training: a one-epoch run is not a dot in a 0.96-1.04 window
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=8, frameon=False)
+    # The legend goes on the first panel that has lines (a run may record no training loss at all).
+    next((ax for ax in axes if ax.get_lines()), axes[0]).legend(fontsize=8, frameon=False)
     if len(panels) == 3:
         axes[2].scatter([], [], s=140, facecolors="none", edgecolors="#555555", label="epoch kept (best)")
         axes[2].legend(fontsize=8, frameon=False)

@@ -145,6 +145,10 @@ def train(model: nn.Module, train_batches: Batches, evaluate: Callable[[], dict[
                 running, since_log = 0.0, 0
         bar.close()
         state.epoch = epoch + 1
+        if since_log:  # the epoch's last steps (all of a run shorter than log_every): its curve must not be empty
+            state.history.append({"step": state.step, "epoch": state.epoch, "train_loss": running / since_log,
+                                  "learning_rate": scheduler.get_last_lr()[0], "time": time.time()})
+            running, since_log = 0.0, 0
 
         scores = evaluate()
         value = scores[metric]
