@@ -45,6 +45,17 @@ def test_compare_records_failures_and_reuses_finished_runs(tiny_config, tmp_path
     assert any("reusing the finished run" in line for line in logs)
 
 
+def test_a_prompt_run_with_default_shots_is_reused(tiny_config, tmp_path):
+    """The prompt method resolves unset `shots` for itself; the run's config.yaml keeps them unset, as asked."""
+    cfg = tiny_config("prompt")
+    compare(cfg, ["prompt"], output=tmp_path / "cmp", name="p", log=lambda _: None)
+    logs: list[str] = []
+    compare(cfg, ["prompt"], output=tmp_path / "cmp", name="p", log=logs.append)
+    assert any("reusing the finished run" in line for line in logs)
+    prompt = json.loads((tmp_path / "cmp" / "p" / "runs" / "prompt" / "model" / "prompt.json").read_text())
+    assert prompt["options"]["shots"] == [0, 4, 16, 64]
+
+
 def test_estimate_reports_every_method(tiny_config):
     result = estimate(tiny_config("lora"), ["prompt", "lora", "full"], log=lambda _: None)
     rows = {r["method"]: r for r in result["methods"]}

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -155,8 +155,10 @@ class PromptEngineering(Method):
 
     def attach(self, scorer, labels: list[str]) -> None:
         self.scorer, self.labels = scorer, labels
-        if self.options.shots is None:  # resolved here, so the run's config.yaml records what was searched
-            self.options.shots = list(scorer.default_shots)
+        if self.options.shots is None:
+            # Resolved on a copy: config.yaml keeps "unset" (so `compare` reuses the run for the same config), and
+            # prompt.json's options and prompt_search.jsonl record what was searched.
+            self.options = replace(self.options, shots=list(scorer.default_shots))
 
     def _candidate_scores(self, c: Candidate, texts: list[str]) -> np.ndarray:
         scores = self.scorer.raw_scores(c, texts)
