@@ -137,6 +137,16 @@ def test_a_question_too_long_for_its_window_is_one_clear_error(tokenizer):
     assert "raise data.max_length" in message and "extractive_qa.doc_stride" in message
 
 
+def test_a_too_long_question_stops_the_run_before_the_model_loads(tiny_qa_config, tmp_path, monkeypatch):
+    from tunelab import models
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    cfg = tiny_qa_config("lora")
+    cfg["data"]["max_length"] = 12  # leaves fewer context tokens than doc_stride 8 beside the questions
+    with pytest.raises(DataError, match="raise data.max_length"):
+        train(cfg, log=lambda _: None)
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
 def test_options_come_from_the_config(tiny_qa_config):
     cfg = load_config(tiny_qa_config())
     task = task_for(cfg)

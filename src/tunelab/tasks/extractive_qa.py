@@ -47,6 +47,7 @@ class ExtractiveQATask(Task):
     metric_names = ("f1", "exact_match", "loss")
     default_metric = "f1"
     shown_metrics = ("f1", "exact_match")  # beside the chosen metric in a comparison table
+    checks_tokens = True  # questions against data.max_length and doc_stride, before the model loads
     peft_task_type = "QUESTION_ANS"
 
     def __init__(self, options: ExtractiveQAConfig | None = None):
@@ -90,6 +91,12 @@ class ExtractiveQATask(Task):
                 feature["start_positions"], feature["end_positions"] = answer_tokens(offsets, *answers[0])
             features.append(feature)
         return features
+
+    def check_tokens(self, tokenizer, splits, max_length: int) -> None:
+        """A question too long for its window, in any split, before the model loads."""
+        for part in (splits.train, splits.validation, splits.test):
+            if part:
+                self._stride(tokenizer, part, max_length)
 
     def _stride(self, tokenizer, examples: list[Example], max_length: int) -> int:
         """`doc_stride`, checked against the context room the longest question leaves (the tokenizer would abort)."""
