@@ -178,7 +178,8 @@ class GenerationTask(Task):
         stops = {"stop_strings": [s for s in o.stop if s]} if any(o.stop) else {}
         config = HFGenerationConfig(max_new_tokens=o.max_new_tokens, num_beams=o.num_beams, do_sample=o.do_sample,
                                     repetition_penalty=o.repetition_penalty,
-                                    no_repeat_ngram_size=o.no_repeat_ngram_size, pad_token_id=pad, eos_token_id=end, **sampling, **stops)
+                                    no_repeat_ngram_size=o.no_repeat_ngram_size, pad_token_id=pad, eos_token_id=end,
+                                    **sampling, **stops)
         prompts = [self.prompt_ids(tokenizer, e)[-max_length:] for e in examples]
         model.eval()
         torch.manual_seed(self.seed)  # sampling draws from torch's generator
