@@ -85,6 +85,9 @@ class TrainConfig:
                                                         "the CPU/GPU runs it natively, else fp32.")
     seed: int = option(0, "Seed of initialisation, shuffling and dropout.")
     log_every: int = option(10, "Record the training loss every this many steps.", positive)
+    group_by_length: bool = option(False, "Batch training inputs of similar length together (shuffled in groups of "
+                                   "50 batches), as Trainer's option of that name: less padding, faster epochs on "
+                                   "texts of mixed length.")
 
 
 def _has_source(v: str) -> str | None:

@@ -75,3 +75,26 @@ def test_dropout_override_reaches_the_model(tiny_config):
     adapted, _ = _fit(tiny_config("full"), ["train.dropout=0.3", "train.epochs=1"])
     assert adapted.model.config.hidden_dropout_prob == 0.3
     assert adapted.model.config.attention_probs_dropout_prob == 0.3
+
+
+def test_group_by_length_batches_similar_lengths_and_keeps_every_example(llama_tokenizer):
+    from tunelab.data import Example
+    from tunelab.tasks.generation import GenerationTask
+    from tunelab.training.batches import Batches
+    # 40 prompts of 1 to 40 words, shuffled: random batches of 4 mix lengths, grouped ones do not.
+    examples = [Example(" ".join(["word"] * n), "yes") for n in torch.randperm(40, generator=torch.Generator()
+                                                                                .manual_seed(1)).add(1).tolist()]
+    batches = Batches(GenerationTask(), llama_tokenizer, examples, [], max_length=128)
+
+    def widths_and_rows(group):
+        out = list(batches.iterate(4, torch.Generator().manual_seed(0), group_by_length=group))
+        padded = sum(b["input_ids"].numel() for b in out)
+        rows = sorted(tuple(r[m.bool()].tolist()) for b in out for r, m in zip(b["input_ids"], b["attention_mask"]))
+        return padded, rows
+
+    random_padded, random_rows = widths_and_rows(False)
+    grouped_padded, grouped_rows = widths_and_rows(True)
+    assert grouped_rows == random_rows  # the same examples, each once
+    real = sum(len(r) for r in grouped_rows)
+    assert grouped_padded - real <= 40 * 3  # each batch of 4 consecutive lengths pads at most 3 tokens a row
+    assert random_padded - real > 3 * (grouped_padded - real)

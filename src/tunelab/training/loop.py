@@ -116,7 +116,7 @@ def train(model: nn.Module, train_batches: Batches, evaluate: Callable[[], dict[
                    disable=not sys.stderr.isatty())
         # Without the bar (a log file, nohup, CI), a line at each fifth of an epoch says the run is alive.
         every, started, done = (max(1, steps_per_epoch // 5) if bar.disable else 0), time.time(), 0
-        for batch in train_batches.iterate(cfg.batch_size, shuffle):
+        for batch in train_batches.iterate(cfg.batch_size, shuffle, cfg.group_by_length):
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(precision, device):
                 loss = model(**batch).loss
