@@ -78,8 +78,10 @@ def test_generation_pads_on_the_left_and_batching_changes_nothing(llama_tokenize
     prompts = [Example("repeat red cat"), Example("a much longer prompt with many more words in it"), Example("x")]
     kw = dict(max_length=64, precision="fp32", device=torch.device("cpu"))
     together = task.generate(causal_lm, llama_tokenizer, prompts, batch_size=3, **kw)
+    # Batches of two: the prompts are batched by length ("x" with "repeat red cat"), answers come back in order.
+    pairs = task.generate(causal_lm, llama_tokenizer, prompts, batch_size=2, **kw)
     alone = [task.generate(causal_lm, llama_tokenizer, [p], batch_size=1, **kw)[0] for p in prompts]
-    assert together == alone
+    assert together == alone == pairs
     assert all(t for t in together)
 
 

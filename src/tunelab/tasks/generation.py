@@ -183,15 +183,18 @@ class GenerationTask(Task):
         prompts = [self.prompt_ids(tokenizer, e)[-max_length:] for e in examples]
         model.eval()
         torch.manual_seed(self.seed)  # sampling draws from torch's generator
-        texts: list[str] = []
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start:start + batch_size]
-            input_ids, attention_mask = left_pad(chunk, pad)
+        # Batches of prompts of similar length pad less; the answers are put back in example order.
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        texts: list[str] = [""] * len(prompts)
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            input_ids, attention_mask = left_pad([prompts[i] for i in rows], pad)
             with autocast(precision, device):
                 generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                                            generation_config=config, tokenizer=tokenizer)
             answers = tokenizer.batch_decode(generated[:, input_ids.shape[1]:].cpu(), skip_special_tokens=True)
-            texts += [cut_at_stop(a, o.stop) for a in answers]
+            for i, answer in zip(rows, answers):
+                texts[i] = cut_at_stop(answer, o.stop)
         return texts
 
     def predictions(self, outputs: Generated, labels: list[str]) -> list[str]:
