@@ -92,3 +92,18 @@ def test_compare_generation_shows_generation_metrics(tiny_generation_config, tmp
     assert "test perplexity" in html and "Prompt search: prompt" in html and "demonstrations" in html
     estimates = estimate(cfg, ["prompt", "lora"])
     assert all(r["status"] == "ok" and r["fit_seconds"] > 0 for r in estimates["methods"])
+
+
+def test_a_method_may_replace_shared_train_settings():
+    from pathlib import Path
+
+    from tunelab.comparison import method_config
+    base = {"task": "classification", "method": {"name": "lora", "r": 4},
+            "train": {"learning_rate": 1e-3, "epochs": 2},
+            "methods": {"full": {"freeze_layers": 1, "train": {"learning_rate": 5e-5}}}}
+    full = method_config(base, "full", Path("x"))
+    assert full["method"] == {"name": "full", "freeze_layers": 1}
+    assert full["train"] == {"learning_rate": 5e-5, "epochs": 2}
+    lora = method_config(base, "lora", Path("x"))
+    assert lora["method"] == {"name": "lora", "r": 4} and lora["train"] == {"learning_rate": 1e-3, "epochs": 2}
+    assert base["train"] == {"learning_rate": 1e-3, "epochs": 2}  # the shared config is not changed

@@ -29,11 +29,18 @@ def default_methods(cfg: RunConfig) -> list[str]:
 
 
 def method_config(base: dict[str, Any], name: str, folder: Path) -> dict[str, Any]:
-    """The config of one method in the comparison: the shared config, the method's own options."""
+    """The config of one method in the comparison: the shared config, the method's own options.
+
+    A method's block under `methods:` may hold a `train:` block whose keys replace the shared `train:` ones for
+    that method alone: a learning rate right for LoRA (1e-3) would wreck full fine-tuning (5e-5)."""
     cfg = {k: v for k, v in base.items() if k not in ("method", "methods")}
     block = base.get("method") or {}
     options = {k: v for k, v in block.items() if k != "name"} if block.get("name") == name else {}
-    options.update((base.get("methods") or {}).get(name) or {})
+    own = dict((base.get("methods") or {}).get(name) or {})
+    train = own.pop("train", None)
+    options.update(own)
+    if train:
+        cfg["train"] = {**(cfg.get("train") or {}), **train}
     cfg["method"] = {"name": name, **options}
     cfg["output"] = str(folder / "runs")
     cfg["name"] = name
