@@ -107,3 +107,14 @@ def test_a_method_may_replace_shared_train_settings():
     lora = method_config(base, "lora", Path("x"))
     assert lora["method"] == {"name": "lora", "r": 4} and lora["train"] == {"learning_rate": 1e-3, "epochs": 2}
     assert base["train"] == {"learning_rate": 1e-3, "epochs": 2}  # the shared config is not changed
+
+
+def test_a_methods_train_block_is_checked_like_train(tiny_config):
+    from tunelab.config import load_config
+    from tunelab.errors import ConfigError
+    cfg = tiny_config("lora")
+    cfg["methods"] = {"full": {"freeze_layers": 1, "train": {"learning_rate": 5e-5}}}
+    assert load_config(cfg).methods["full"]["train"] == {"learning_rate": 5e-5}
+    cfg["methods"]["full"]["train"] = {"learning_rat": 5e-5}
+    with pytest.raises(ConfigError, match=r"unknown key `methods.full.train.learning_rat`; valid keys: epochs"):
+        load_config(cfg)

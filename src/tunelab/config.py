@@ -301,7 +301,12 @@ def validate(cfg: RunConfig) -> list[str]:
         if name not in METHODS:
             problems.append(f"`methods.{name}`: {METHODS.unknown(name)}")
         elif isinstance(block, dict):
-            build(METHODS.get(name).Options, block, f"methods.{name}", problems)
+            own = {k: v for k, v in block.items() if k != "train"}
+            build(METHODS.get(name).Options, own, f"methods.{name}", problems)
+            if isinstance(block.get("train"), dict):  # that method's replacements of the shared `train:` keys
+                build(TrainConfig, block["train"], f"methods.{name}.train", problems)
+            elif "train" in block:
+                problems.append(f"`methods.{name}.train` must be a mapping of train options, got {block['train']!r}")
         else:
             problems.append(f"`methods.{name}` must be a mapping of {name}'s options, got {block!r}")
     if cfg.model not in MODELS and not Path(cfg.model).is_dir():
