@@ -106,7 +106,8 @@ class GenerationConfig:
                            "Not used for `messages` data, whose turns are given as they are.", _has_source)
     chat_template: Literal["auto", "on", "off"] = option("auto", "Render the prompt through the tokenizer's chat "
                                                          "template: `auto` where it has one, `on` (an error without "
-                                                         "one), `off`: plain text ending in a newline.")
+                                                         "one), `off`: plain text ending in a newline. The prompt "
+                                                         "method follows its own `chat_template` option instead.")
     truncation_side: Literal["left", "right"] = option("left", "Which end of prompt + answer is cut when it is longer "
                                                        "than data.max_length. `left` drops the prompt's start and "
                                                        "keeps the answer; `right` drops the answer's end. Prompts "

@@ -34,6 +34,22 @@ def test_chat_prompt_gives_each_demonstration_a_turn(llama_tokenizer):
         "<user>repeat red<assistant>red<user>repeat sun<assistant>"
 
 
+def test_the_prompt_follows_the_methods_chat_template_not_the_trained_format(llama_tokenizer, causal_lm):
+    llama_tokenizer.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+                                     "{% if add_generation_prompt %}<assistant>{% endif %}")
+    task = GenerationTask(GenerationConfig(chat_template="off"))  # trained methods learn plain text
+    candidate = Candidate("{source}")
+
+    def shown(chat_template: str) -> str:
+        prompter = GenerationPrompter(causal_lm, llama_tokenizer, task, PromptOptions(chat_template=chat_template),
+                                      32, 4, "fp32")
+        return prompter.task_for(candidate).prompt_text(llama_tokenizer, Example("repeat sun"))
+
+    assert shown("auto") == "<user>repeat sun<assistant>"
+    assert shown("off") == "repeat sun\n"
+    assert task.prompt_text(llama_tokenizer, Example("repeat sun")) == "repeat sun\n"
+
+
 def _method(causal_lm, llama_tokenizer, **options) -> PromptEngineering:
     method = PromptEngineering(PromptOptions(**options))
     task = GenerationTask(GenerationConfig(max_new_tokens=3, chat_template="off"))

@@ -64,7 +64,9 @@ class PromptOptions:
                                          "chosen prompt is still evaluated on the whole splits). Unset: all.", positive)
     chat_template: Literal["auto", "on", "off"] = option("auto", "Decoders: render the prompt through the "
                                                          "tokenizer's chat template (one user/assistant turn per "
-                                                         "demonstration). auto: when the tokenizer has one.")
+                                                         "demonstration). auto: when the tokenizer has one. For "
+                                                         "generation too: `generation.chat_template` is the format "
+                                                         "trained methods learn, this one the prompt's.")
     length_normalise: bool = option(True, "Decoders: score a word by its mean token log-probability (true) or "
                                     "the sum (false, which favours short words).")
     demonstrations: Literal["balanced", "random", "nearest"] = option(

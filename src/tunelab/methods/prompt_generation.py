@@ -51,7 +51,10 @@ class GenerationPrompter:
         return [{"template": t, "shots": k} for k in sorted(set(self.options.shots or [0])) for t in templates]
 
     def task_for(self, c) -> GenerationTask:
-        return self.task.with_prompt(c.template, self.demos[:c.shots])
+        # The method's own `chat_template`, not `generation.chat_template`: that one is the format trained methods
+        # learn (plain text trains faster), while an untrained instruct model answers best in its chat format
+        # (SmolLM2, en→fr zero-shot test chrF: 12.8 through the chat template, 7.8 as plain text).
+        return self.task.with_prompt(c.template, self.demos[:c.shots], self.options.chat_template)
 
     def outputs(self, c, examples: list[Example], with_loss: bool) -> tuple[Generated, float | None]:
         return self.task_for(c).outputs(self.model, self.tokenizer, examples, [], max_length=self.max_length,

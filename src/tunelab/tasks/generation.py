@@ -56,9 +56,12 @@ class GenerationTask(Task):
     def configure(self, cfg) -> "GenerationTask":
         return GenerationTask(cfg.generation, cfg.train.seed)
 
-    def with_prompt(self, template: str, demonstrations: list[Example]) -> "GenerationTask":
-        """This task writing its prompts with `template` after `demonstrations` (a prompt-search candidate)."""
-        options = dataclasses.replace(self.options, template=template.replace("{text}", "{source}"))
+    def with_prompt(self, template: str, demonstrations: list[Example], chat_template: str | None = None
+                    ) -> "GenerationTask":
+        """This task writing its prompts with `template` after `demonstrations` (a prompt-search candidate),
+        through the chat template or not as `chat_template` says (unset: as the task's options say)."""
+        options = dataclasses.replace(self.options, template=template.replace("{text}", "{source}"),
+                                      chat_template=chat_template or self.options.chat_template)
         return GenerationTask(options, self.seed, demonstrations)
 
     def auto_class(self):
