@@ -21,7 +21,8 @@ SLICES = {  # config, overrides that keep it to a minute or two a method, the me
                                         "generation.max_new_tokens=16", "methods.prompt.shots=[0]"],
              ["test perplexity", "test chrf", "test bleu", "test f1"]),  # the config's metric comes first
     "translation": ("translation/smollm2_lora.yaml", ["data.max_examples=120", "data.split.test=0.1",
-                                                      "data.max_length=96", "train.epochs=1",
+                                                      "data.split.validation=0.1", "data.max_length=96",
+                                                      "train.epochs=1",
                                                       "generation.max_new_tokens=24", "methods.prompt.shots=[0]",
                                                       "methods.prompt.search_examples=4"],
                     ["test chrf", "test bleu", "test f1", "test perplexity"]),
