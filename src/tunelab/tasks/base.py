@@ -28,7 +28,6 @@ class Task:
     percent_metrics: ClassVar[frozenset[str]] = frozenset()  # on a 0–100 scale (the others: 0–1, or errors)
     peft_task_type: ClassVar[str] = "SEQ_CLS"  # peft's name for the model kind this task trains
     diagnostic_sample: ClassVar[int] = 1000  # train examples scored for the train/validation gap
-    checks_tokens: ClassVar[bool] = False  # whether `check_tokens` has data checks that need the tokenizer
 
     def configure(self, cfg) -> "Task":
         """The task with the run's own options (`RunConfig`); tasks without options return themselves."""
@@ -36,6 +35,11 @@ class Task:
 
     def check_tokens(self, tokenizer, splits, max_length: int) -> None:
         """Data problems only the tokenizer shows, raised as `DataError` before the model loads."""
+
+    @property
+    def checks_tokens(self) -> bool:
+        """Whether this task overrides `check_tokens` (only then is a tokenizer loaded for it)."""
+        return type(self).check_tokens is not Task.check_tokens
 
     def auto_class(self):
         raise NotImplementedError

@@ -47,7 +47,6 @@ class ExtractiveQATask(Task):
     metric_names = ("f1", "exact_match", "loss")
     default_metric = "f1"
     shown_metrics = ("f1", "exact_match")  # beside the chosen metric in a comparison table
-    checks_tokens = True  # questions against data.max_length and doc_stride, before the model loads
     peft_task_type = "QUESTION_ANS"
 
     def __init__(self, options: ExtractiveQAConfig | None = None):
