@@ -99,14 +99,16 @@ def test_a_method_may_replace_shared_train_settings():
 
     from tunelab.comparison import method_config
     base = {"task": "classification", "method": {"name": "lora", "r": 4},
-            "train": {"learning_rate": 1e-3, "epochs": 2},
-            "methods": {"full": {"freeze_layers": 1, "train": {"learning_rate": 5e-5}}}}
+            "train": {"learning_rate": 1e-3, "epochs": 2, "early_stopping": {"metric": "loss", "patience": 2}},
+            "methods": {"full": {"freeze_layers": 1,
+                                 "train": {"learning_rate": 5e-5, "early_stopping": {"patience": 0}}}}}
+    shared = {"learning_rate": 1e-3, "epochs": 2, "early_stopping": {"metric": "loss", "patience": 2}}
     full = method_config(base, "full", Path("x"))
     assert full["method"] == {"name": "full", "freeze_layers": 1}
-    assert full["train"] == {"learning_rate": 5e-5, "epochs": 2}
+    assert full["train"] == {"learning_rate": 5e-5, "epochs": 2, "early_stopping": {"metric": "loss", "patience": 0}}
     lora = method_config(base, "lora", Path("x"))
-    assert lora["method"] == {"name": "lora", "r": 4} and lora["train"] == {"learning_rate": 1e-3, "epochs": 2}
-    assert base["train"] == {"learning_rate": 1e-3, "epochs": 2}  # the shared config is not changed
+    assert lora["method"] == {"name": "lora", "r": 4} and lora["train"] == shared
+    assert base["train"] == shared  # the shared config is not changed
 
 
 def test_a_methods_train_block_is_checked_like_train(tiny_config):

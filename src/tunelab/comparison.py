@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .config import RunConfig, load_config
+from .config import RunConfig, _merge, load_config
 from .errors import ConfigError, TunelabError
 from .methods import METHODS
 from .recommend import recommend_measured
@@ -39,8 +39,8 @@ def method_config(base: dict[str, Any], name: str, folder: Path) -> dict[str, An
     own = dict((base.get("methods") or {}).get(name) or {})
     train = own.pop("train", None)
     options.update(own)
-    if train:
-        cfg["train"] = {**(cfg.get("train") or {}), **train}
+    if train:  # merged like overrides: `train: {early_stopping: {patience: 0}}` keeps the shared metric
+        cfg["train"] = _merge(cfg.get("train") or {}, train)
     cfg["method"] = {"name": name, **options}
     cfg["output"] = str(folder / "runs")
     cfg["name"] = name
@@ -95,7 +95,7 @@ def _base_dict(config, overrides) -> dict[str, Any]:
         from .config import read_yaml
         data = read_yaml(config)
     if overrides:
-        from .config import _merge, parse_overrides
+        from .config import parse_overrides
         data = _merge(data, parse_overrides(overrides))
     return data
 
