@@ -101,7 +101,8 @@ def _calibrate_training(adapted, splits, load_seconds: float) -> dict[str, Any]:
     model, dev, precision = adapted.model, device(), adapted.precision
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg.train.weight_decay), lr=1e-5)
     generator = torch.Generator().manual_seed(cfg.train.seed)
-    batches = _calibration_batches(train_batches, cfg.train.batch_size, generator, WARMUP_STEPS + CALIBRATION_STEPS)
+    batches = _calibration_batches(train_batches, cfg.train.batch_size, generator, WARMUP_STEPS + CALIBRATION_STEPS,
+                                   cfg.train.group_by_length)
     model.train()
     step_times = []
     for i, batch in enumerate(batches):
@@ -128,16 +129,21 @@ def _calibrate_training(adapted, splits, load_seconds: float) -> dict[str, Any]:
             "kept_copy_mb": kept}
 
 
-def _calibration_batches(train_batches, batch_size: int, generator, n: int) -> list[dict]:
-    """The longest batch (the activation peak, untimed as warm-up), then shuffled batches as training sees them.
+def _calibration_batches(train_batches, batch_size: int, generator, n: int, group_by_length: bool = False
+                         ) -> list[dict]:
+    """The longest batch (the activation peak, untimed as warm-up), then batches as training sees them.
 
     Shuffled, not sorted: a random batch is padded to its longest text, and that padding is part
-    of the real cost per step.
+    of the real cost per step. With `group_by_length`, batches spread evenly over the epoch: its
+    first ones are the longest of their group.
     """
     longest = sorted(range(len(train_batches)), key=lambda i: -len(train_batches.features[i]["input_ids"]))
     out = [train_batches.batch(longest[:batch_size])]
+    stride = max(1, train_batches.n_batches(batch_size) // max(1, n - 1)) if group_by_length else 1
     while len(out) < n:
-        for batch in train_batches.iterate(batch_size, generator):
+        for j, batch in enumerate(train_batches.iterate(batch_size, generator, group_by_length)):
+            if j % stride:
+                continue
             out.append(batch)
             if len(out) == n:
                 break

@@ -98,3 +98,19 @@ def test_group_by_length_batches_similar_lengths_and_keeps_every_example(llama_t
     real = sum(len(r) for r in grouped_rows)
     assert grouped_padded - real <= 40 * 3  # each batch of 4 consecutive lengths pads at most 3 tokens a row
     assert random_padded - real > 3 * (grouped_padded - real)
+
+
+def test_speed_estimate_times_grouped_batches_from_across_the_epoch(llama_tokenizer):
+    from tunelab.data import Example
+    from tunelab.estimation import _calibration_batches
+    from tunelab.tasks.generation import GenerationTask
+    from tunelab.training.batches import Batches
+    examples = [Example(" ".join(["word"] * n), "yes") for n in range(1, 41)]
+    batches = Batches(GenerationTask(), llama_tokenizer, examples, [], max_length=128)
+    timed = _calibration_batches(batches, 4, torch.Generator().manual_seed(0), 6, group_by_length=True)[1:]
+    rows = [int(m.sum()) for b in timed for m in b["attention_mask"]]
+    widths = [b["input_ids"].shape[1] for b in timed for _ in b["input_ids"]]
+    assert all(w - r <= 3 for w, r in zip(widths, rows))  # grouped batches, as training pads them
+    every = [len(f["input_ids"]) for f in batches.features]
+    # Spread over the epoch, not its first (longest) batches: their mean length is near the epoch's.
+    assert abs(sum(rows) / len(rows) - sum(every) / len(every)) < 5
