@@ -180,3 +180,19 @@ def test_pareto_frontier():
     assert [p.method for p in pareto(higher, lower_is_better=False)] == ["m0", "m2", "m4"]
     lower = points((5, 1.0), (1, 2.0), (9, 0.5), (7, 1.5))
     assert [p.method for p in pareto(lower, lower_is_better=True)] == ["m1", "m0", "m2"]
+
+
+def test_prompt_table_shows_fields_that_only_some_candidates_have(tmp_path):
+    # An uncalibrated decoder candidate has no `calibration`; the calibrated ones say what they divided by.
+    from tunelab.report import _prompt_search
+    rows = [{"template": "{text}", "label_template": "Answer: {label}", "shots": 0, "verbalizer": "label",
+             "calibrate": False, "validation_f1": 0.7},
+            {"template": "{text}", "label_template": "Answer: {label}", "shots": 0, "verbalizer": "label",
+             "calibrate": True, "calibration": "inputs", "validation_f1": 0.8}]
+    (tmp_path / "model").mkdir()
+    (tmp_path / "prompt_search.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "model" / "prompt.json").write_text(json.dumps({"chosen": {k: v for k, v in rows[1].items()
+                                                                           if k != "validation_f1"}}))
+    header, cells, n = _prompt_search(tmp_path, "f1")
+    assert n == 2 and header[-3:] == ["calibrated on", "validation f1", "chosen"]
+    assert cells[0][-3:] == ["–", "0.7000", ""] and cells[1][-3:] == ["training inputs", "0.8000", "✓"]

@@ -93,7 +93,29 @@ def test_calibration_divides_by_the_content_free_probabilities(tiny_llama):
     cf = {"N/A": [0.9, 0.1], "": [0.6, 0.4], "[MASK]": [0.9, 0.1]}
     scorer.raw_scores = lambda c, texts: np.log([cf[t] for t in texts]) - 3.0
     assert list(cf) == CONTENT_FREE
-    np.testing.assert_allclose(scorer.bias(None), np.log([0.8, 0.2]), atol=1e-12)
+    content_free = Candidate("{text}", "Answer: {label}", 0, True, verbalizer="label", calibration="content_free")
+    np.testing.assert_allclose(scorer.bias(content_free), np.log([0.8, 0.2]), atol=1e-12)
+
+
+def test_input_calibration_divides_by_the_mean_probabilities_over_training_inputs(tiny_llama):
+    scorer = _scorer(tiny_llama)
+    train = _examples(12)
+    scorer.setup(train, ["negative", "positive"], scorer.options)
+    # Unlabelled training inputs, seeded: never validation or test ones.
+    assert len(scorer.calibration_texts) == 12 and set(scorer.calibration_texts) <= {e.text for e in train}
+    probs = {t: [0.9, 0.1] if i % 2 else [0.5, 0.5] for i, t in enumerate(scorer.calibration_texts)}
+    scorer.raw_scores = lambda c, texts: np.log([probs[t] for t in texts]) + 2.0
+    inputs = Candidate("{text}", "Answer: {label}", 0, True, verbalizer="label", calibration="inputs")
+    np.testing.assert_allclose(scorer.bias(inputs), np.log([0.7, 0.3]), atol=1e-12)
+
+
+def test_the_search_tries_each_calibration_once_and_uncalibrated_once(tiny_llama):
+    scorer = _scorer(tiny_llama, calibrate=[False, True], calibration=["inputs", "content_free", "inputs"])
+    scorer.setup(_examples(), ["negative", "positive"], scorer.options)
+    kinds = [(c["calibrate"], c.get("calibration")) for c in scorer.candidates()]
+    assert kinds == [(False, None), (True, "inputs"), (True, "content_free")] * (len(kinds) // 3)
+    scorer.options.calibrate = [True]
+    assert {c.get("calibration") for c in scorer.candidates()} == {"inputs", "content_free"}
 
 
 def test_chat_template_on_and_off_both_render_and_score(chat_llama, tiny_llama):

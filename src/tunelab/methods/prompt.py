@@ -38,6 +38,10 @@ from .prompt_encoder import DEFAULT_LABEL_TEMPLATES, DEFAULT_TEMPLATES, Embeddin
 from .registry import register
 
 
+def _non_empty(v: list) -> str | None:
+    return None if v else "must list at least one"
+
+
 def _counts(v: list[int] | None) -> str | None:
     return None if v is None or all(k >= 0 for k in v) else "must be zero or more each"
 
@@ -59,6 +63,11 @@ class PromptOptions:
     prototype_weights: list[float] = option(doc="Encoders: weights w of the class prototypes to try in few-shot "
                                             "scoring.", factory=lambda: [0.5, 0.8, 1.0])
     calibrate: list[bool] = option(doc="Whether to try calibrated scores.", factory=lambda: [False, True])
+    calibration: list[Literal["inputs", "content_free"]] = option(
+        doc="Decoders: what calibrated scores are divided by, each one tried: `inputs`, each label's mean "
+        "probability over unlabelled training inputs (Zhou et al. 2024, \"Batch Calibration\"); `content_free`, its "
+        "probability for the content-free inputs \"N/A\", \"\" and \"[MASK]\" (Zhao et al. 2021). Encoders always "
+        "calibrate on training inputs.", factory=lambda: ["inputs", "content_free"], check=_non_empty)
     seed: int = option(0, "Seed of the choice of demonstrations and of the search subset.")
     search_examples: int | None = option(None, "Search on a seeded subset of this many validation examples (the "
                                          "chosen prompt is still evaluated on the whole splits). Unset: all.", positive)
@@ -89,6 +98,7 @@ class Candidate:
     calibrate: bool | None = None  # label scoring only
     weight: float | None = None  # encoders: the prototypes' weight
     verbalizer: str | None = None  # decoders: "label" (the label names) or "words" (the configured verbalizers)
+    calibration: str | None = None  # decoders, when calibrated: "inputs" or "content_free"
 
     def cost(self) -> tuple:  # simpler first: fewer demonstrations, no calibration, built-in order
         return (self.shots, bool(self.calibrate), self.weight or 0.0)

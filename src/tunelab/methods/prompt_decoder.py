@@ -12,13 +12,18 @@ whose probability is the sum of the words'; max drops the mass a model spreads o
 (SmolLM2-135M on Rotten Tomatoes, four words a label, 16 prompts: logsumexp was never below max,
 and up to 16 points above it.)
 
-Contextual calibration (Zhao et al. 2021, "Calibrate Before Use", https://arxiv.org/abs/2102.09690):
-with p(c | x) = softmax_c s_c(x), and p_cf the mean of p(· | x_cf) over the content-free inputs
-"N/A", "" and "[MASK]" in the same prompt, the calibrated score is
+Calibration divides the label probabilities p(c | x) = softmax_c s_c(x) by a label prior p̄ measured
+under the same prompt, so a label's blanket advantage (the prompt's, the demonstrations') drops out:
 
-    log p(c | x) − log p_cf(c)
+    log p(c | x) − log p̄(c)
 
-that is, the label probabilities divided by the content-free ones (their W = diag(p_cf)⁻¹, b = 0).
+Two priors are tried (`calibration`):
+- `content_free` (Zhao et al. 2021, "Calibrate Before Use", https://arxiv.org/abs/2102.09690): p̄ is
+  the mean of p(· | x) over the content-free inputs "N/A", "" and "[MASK]" (their W = diag(p̄)⁻¹, b = 0).
+- `inputs` (Zhou et al. 2024, "Batch Calibration", https://arxiv.org/abs/2309.17249): p̄ is the mean of
+  p(· | x) over 256 unlabelled training inputs. A content-free string is not a typical input: on Rotten
+  Tomatoes (configs/sentiment/smollm2_prompt.yaml) SmolLM2-135M's best uncalibrated prompt reached test
+  accuracy 0.797; the search's pick calibrated on `inputs`, 0.820. Content-free calibration ranked lower.
 
 Cost: each prompt runs once. The prompts' shared beginning runs once per set of inputs (halves the
 CPU time of a zero-shot chat prompt; far more with shared demonstrations), and a word of several
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import random
 from typing import Any
 
 import numpy as np
@@ -45,6 +51,7 @@ DEFAULT_TEMPLATES = ["{text}"]
 DEFAULT_LABEL_TEMPLATES = ["Answer: {label}"]
 DEFAULT_SHOTS = [0, 1]  # every demonstration lengthens every prompt; small decoders also gain little from many
 CONTENT_FREE = ["N/A", "", "[MASK]"]
+CALIBRATION_INPUTS = 256  # training inputs for `inputs` calibration: each is one more forward pass per candidate
 
 
 class LikelihoodScorer:
@@ -71,9 +78,12 @@ class LikelihoodScorer:
 
     # -- what the shared method asks of a back-end ---------------------------------------------
     def setup(self, train: list[Example], labels: list[str], options) -> None:
-        """Draw the demonstration pool from the training split (a seeded shuffle)."""
+        """Draw the demonstration pool and the calibration inputs from the training split (seeded)."""
         self.labels, self.options = labels, options
         self.demos = Demonstrations.draw(train, labels, options, **self._demo_kwargs())
+        # Unlabelled inputs for `inputs` calibration: never the validation or test split.
+        rng = random.Random(f"{options.seed}-calibration")
+        self.calibration_texts = rng.sample([e.text for e in train], min(CALIBRATION_INPUTS, len(train)))
         self._word_tokens = {}
         self._index_words()
 
@@ -84,9 +94,11 @@ class LikelihoodScorer:
         label_templates = list(dict.fromkeys(DEFAULT_LABEL_TEMPLATES + o.label_templates))
         verbalizers = (["words"] if o.verbalizers else []) + ["label"]  # the user's words first: they chose them
         # Verbalizers and calibration vary fastest: zero-shot, they reuse the same forward passes (the cache below).
-        return [dict(template=t, label_template=lt, shots=k, verbalizer=v, calibrate=cal)
+        calibrations = [dict(calibrate=False)] * (False in o.calibrate) + [
+            dict(calibrate=True, calibration=kind) for kind in dict.fromkeys(o.calibration) if True in o.calibrate]
+        return [dict(template=t, label_template=lt, shots=k, verbalizer=v, **cal)
                 for t, lt, k, v, cal in itertools.product(templates, label_templates, sorted(set(o.shots)),
-                                                          verbalizers, o.calibrate)]
+                                                          verbalizers, calibrations)]
 
     def raw_scores(self, c, texts: list[str]) -> np.ndarray:
         if not texts:
@@ -101,7 +113,9 @@ class LikelihoodScorer:
         return np.stack([_logsumexp(ll[:, [self.word_index[w] for w in words]]) for words in self._words_of(c)], 1)
 
     def bias(self, c) -> np.ndarray:
-        probs = _softmax(self.raw_scores(c, CONTENT_FREE))
+        # Runs saved before `calibration` existed calibrated content-free (their bias is saved, though).
+        inputs = self.calibration_texts if c.calibration == "inputs" else CONTENT_FREE
+        probs = _softmax(self.raw_scores(c, inputs))
         return np.log(probs.mean(0))
 
     @staticmethod

@@ -21,7 +21,8 @@ from . import plots
 
 TOP_PROMPTS = 10
 PROMPT_COLUMNS = {"template": "input template", "label_template": "label template", "shots": "shots per class",
-                  "weight": "prototype weight", "calibrate": "calibrated", "verbalizer": "label words"}
+                  "weight": "prototype weight", "calibrate": "calibrated", "verbalizer": "label words",
+                  "calibration": "calibrated on"}
 GENERATION_PROMPT_COLUMNS = {**PROMPT_COLUMNS, "shots": "demonstrations"}  # open answers have no classes
 
 
@@ -177,7 +178,8 @@ def _prompt_search(run: Path, metric: str) -> tuple[list[str], list[list[str]], 
     candidates = _jsonl(run / "prompt_search.jsonl")
     chosen = (_json(run / "model" / "prompt.json") or {}).get("chosen")
     score = f"validation_{metric}"
-    keys = [k for k in (candidates[0] if candidates else {}) if not k.startswith("validation_")]
+    # Every candidate's fields: an uncalibrated candidate has no `calibration`, a calibrated one does.
+    keys = [k for k in dict.fromkeys(k for c in candidates for k in c) if not k.startswith("validation_")]
     names = PROMPT_COLUMNS if "label_template" in keys else GENERATION_PROMPT_COLUMNS
     header = ["rank"] + [names.get(k, k) for k in keys] + [f"validation {metric}", "chosen"]
     rows = []
@@ -191,6 +193,8 @@ def _prompt_search(run: Path, metric: str) -> tuple[list[str], list[list[str]], 
 
 
 def _cell(key: str, candidate: dict[str, Any]) -> str:
+    if key not in candidate:
+        return "–"  # a field that does not apply to this candidate
     value = candidate[key]
     if key == "weight" and not candidate.get("shots"):
         return "–"  # zero-shot: no prototypes to weigh
@@ -198,6 +202,8 @@ def _cell(key: str, candidate: dict[str, Any]) -> str:
         return "yes" if value else "no"
     if key == "verbalizer":
         return {"label": "label names", "words": "verbalizers"}.get(value, str(value))
+    if key == "calibration":
+        return {"inputs": "training inputs", "content_free": "content-free inputs"}.get(value, str(value))
     return str(value).replace("\n", "\\n")  # a template's line breaks, visible in one table cell
 
 
