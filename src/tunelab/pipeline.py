@@ -72,6 +72,7 @@ def base_loader(cfg: RunConfig, task: Task, labels: list[str], tokenizer) -> Cal
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id  # decoders pool the last non-pad token
         load.newly_initialised = missing
+        task.bind(model)
         return model
 
     load.newly_initialised = []
@@ -138,6 +139,7 @@ def _load_prompt_model(method, folder: Path, cfg: RunConfig, tokenizer, labels: 
         model, _ = models.load_model(AutoModelForCausalLM, folder, allow_unsafe=cfg.allow_unsafe_weights)
         model.to(device())
         precision = resolve(cfg.train.precision, device())
+    task.bind(model)
     model.eval()
     method.attach(scorer_for(family, model, tokenizer, method.options, cfg.data.max_length,
                              cfg.train.eval_batch_size, precision, task), labels)

@@ -51,8 +51,12 @@ def test_a_batch_without_answer_tokens_is_an_error_not_a_zero_loss(llama_tokeniz
         next(batches.iterate(8))
 
 
-def test_loss_is_the_mean_answer_token_loss(llama_tokenizer, causal_lm):
+@pytest.mark.parametrize("answer_logits_only", [False, True])
+def test_loss_is_the_mean_answer_token_loss(llama_tokenizer, causal_lm, answer_logits_only):
     task = GenerationTask()
+    if answer_logits_only:
+        task.bind(causal_lm)  # the tiny Llama takes `logits_to_keep`: only answer positions get logits
+    assert task.answer_logits_only == answer_logits_only
     examples = EXAMPLES + [Example("repeat sun", "sun moon tree dog")]
     _, loss = predict_scores(causal_lm, Batches(task, llama_tokenizer, examples, [], 64), 2, "fp32", torch.device("cpu"),
                              keep_outputs=False)
@@ -69,6 +73,19 @@ def test_loss_is_the_mean_answer_token_loss(llama_tokenizer, causal_lm):
                                         precision="fp32", device=torch.device("cpu"), with_loss=True)[0],
                            examples, [])
     assert metrics["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
+
+
+def test_logits_are_kept_from_the_batch_s_first_answer_position(llama_tokenizer, causal_lm):
+    task = GenerationTask()
+    task.bind(causal_lm)
+    features = task.encode(llama_tokenizer, EXAMPLES, max_length=64)
+    batch = task.collate(llama_tokenizer, features)
+    first = min(len(task.prompt_ids(llama_tokenizer, e)) for e in EXAMPLES)  # the shorter prompt's answer start
+    width = max(len(f["input_ids"]) for f in features)
+    assert batch["logits_to_keep"].tolist() == list(range(first - 1, width))
+    assert batch["labels"].shape == (2, width - first + 1) and (batch["labels"][:, 0] == IGNORE).all()
+    with torch.no_grad():
+        assert causal_lm(**batch).logits.shape[1] == width - first + 1
 
 
 def test_generation_pads_on_the_left_and_batching_changes_nothing(llama_tokenizer, causal_lm):

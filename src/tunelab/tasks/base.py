@@ -33,6 +33,9 @@ class Task:
         """The task with the run's own options (`RunConfig`); tasks without options return themselves."""
         return self
 
+    def bind(self, model: nn.Module) -> None:
+        """Note what the task may ask of the model it will run on (called once the model is loaded)."""
+
     def check_tokens(self, tokenizer, splits, max_length: int) -> None:
         """Data problems only the tokenizer shows, raised as `DataError` before the model loads."""
 

@@ -9,6 +9,7 @@ answer at the first stop string; metrics are in `text_metrics`.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -52,6 +53,12 @@ class GenerationTask(Task):
         self.options = options or GenerationConfig()
         self.seed = seed
         self.demonstrations = demonstrations or []  # solved examples shown before the input (prompt method)
+        self.answer_logits_only = False  # set by `bind`: the model computes logits at the positions it is told
+
+    def bind(self, model: nn.Module) -> None:
+        # Nearly every causal LM in transformers takes `logits_to_keep`; a model that does not gets every logit.
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.answer_logits_only = "logits_to_keep" in inspect.signature(base.forward).parameters
 
     def configure(self, cfg) -> "GenerationTask":
         return GenerationTask(cfg.generation, cfg.train.seed)
@@ -62,7 +69,9 @@ class GenerationTask(Task):
         through the chat template or not as `chat_template` says (unset: as the task's options say)."""
         options = dataclasses.replace(self.options, template=template.replace("{text}", "{source}"),
                                       chat_template=chat_template or self.options.chat_template)
-        return GenerationTask(options, self.seed, demonstrations)
+        task = GenerationTask(options, self.seed, demonstrations)
+        task.answer_logits_only = self.answer_logits_only
+        return task
 
     def auto_class(self):
         from transformers import AutoModelForCausalLM
@@ -146,6 +155,13 @@ class GenerationTask(Task):
                                     f"there is nothing to learn or score; raise data.max_length or set "
                                     f"generation.truncation_side: left, which keeps the answer")
             batch["labels"] = labels
+            if self.answer_logits_only:
+                # Logits from the position before the batch's first answer token on: those of the prompt tokens
+                # before it (vocabulary-wide, copied to fp32 by the loss) are never scored. The labels are cut
+                # alike, so the model's shifted loss pairs each kept position with the token after it.
+                first = int((labels != IGNORE).any(0).nonzero()[0])
+                batch["logits_to_keep"] = torch.arange(max(first - 1, 0), width)
+                batch["labels"] = labels[:, max(first - 1, 0):]
         return batch
 
     # -- outputs, predictions, metrics -------------------------------------------------------
