@@ -88,6 +88,9 @@ class TrainConfig:
     group_by_length: bool = option(False, "Batch training inputs of similar length together (shuffled in groups of "
                                    "50 batches), as Trainer's option of that name: less padding, faster epochs on "
                                    "texts of mixed length.")
+    gradient_checkpointing: bool = option(False, "Keep only each layer's input during the forward pass and "
+                                          "recompute the rest in the backward pass, as Trainer's option of that "
+                                          "name: less memory for longer sequences or larger batches, slower steps.")
 
 
 def _has_source(v: str) -> str | None:

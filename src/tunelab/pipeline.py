@@ -22,6 +22,7 @@ from .methods import METHODS, Method, TrainedMethod, count_parameters, head_modu
 from .tasks import Task, task_for
 from .training.batches import Batches
 from .training.loop import TrainState, train
+from .training.memory import enable_gradient_checkpointing
 from .training.precision import device, resolve
 
 
@@ -92,6 +93,8 @@ def prepare(cfg: RunConfig, splits: Splits, log: Callable[[str], None] = print) 
     model = load()
     heads = head_modules(model, load.newly_initialised)
     model = method.prepare(model, heads, task.peft_task_type).to(device())
+    if cfg.train.gradient_checkpointing:
+        enable_gradient_checkpointing(model, cfg.model)
     precision = resolve(cfg.train.precision, device())
     return Adapted(cfg, task, splits.labels, method, tokenizer, model, precision, load.newly_initialised, heads)
 

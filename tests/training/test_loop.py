@@ -114,3 +114,30 @@ def test_speed_estimate_times_grouped_batches_from_across_the_epoch(llama_tokeni
     every = [len(f["input_ids"]) for f in batches.features]
     # Spread over the epoch, not its first (longest) batches: their mean length is near the epoch's.
     assert abs(sum(rows) / len(rows) - sum(every) / len(every)) < 5
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_gradient_checkpointing_trains_the_same_weights(tiny_generation_config, method):
+    # Recomputing activations in the backward pass changes memory, not the arithmetic (dropout included:
+    # the recomputation replays the random state).
+    def trained(checkpointing: bool):
+        cfg = load_config(tiny_generation_config(method), [f"train.gradient_checkpointing={str(checkpointing).lower()}",
+                                                           "train.epochs=1"])
+        splits = load_splits(cfg.data, "text")
+        adapted = fit(cfg, splits, log=lambda _: None)
+        base = adapted.model.get_base_model() if hasattr(adapted.model, "get_base_model") else adapted.model
+        assert base.is_activation_checkpointing == checkpointing
+        return {n: p.detach().clone() for n, p in adapted.model.named_parameters() if p.requires_grad}
+
+    plain, checkpointed = trained(False), trained(True)
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_checkpointing_on_a_model_without_it_is_a_config_error():
+    from tunelab.errors import ConfigError
+    from tunelab.training.memory import enable_gradient_checkpointing
+    with pytest.raises(ConfigError, match=r"my-model \(Linear\) does not support gradient checkpointing; set "
+                                          r"train.gradient_checkpointing: false"):
+        enable_gradient_checkpointing(torch.nn.Linear(2, 2), "my-model")

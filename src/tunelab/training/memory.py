@@ -1,10 +1,26 @@
-"""Peak memory of a run: the GPU allocator's peak, or the process's resident set sampled on CPU."""
+"""Memory: the peak of a run (the GPU allocator's peak, or the process's resident set sampled on CPU), and
+gradient checkpointing, which trades recomputation for activation memory."""
 from __future__ import annotations
 
 import threading
 
 import psutil
 import torch
+
+from ..errors import ConfigError
+
+
+def enable_gradient_checkpointing(model, model_name: str) -> None:
+    """Recompute each layer's activations in the backward pass instead of keeping them.
+
+    Non-reentrant checkpointing: it needs no gradient on the inputs, so it works when the embeddings are
+    frozen (LoRA, adapters) as well as in full fine-tuning.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"{model_name} ({type(base).__name__}) does not support gradient checkpointing; set "
+                          f"train.gradient_checkpointing: false")
+    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 class PeakMemory:
