@@ -26,10 +26,6 @@ from tunelab.methods.prompt import Candidate  # noqa: E402
 from tunelab.methods.prompt_decoder import DEFAULT_LABEL_TEMPLATES, DEFAULT_TEMPLATES  # noqa: E402
 
 
-def _log_probs(scores: np.ndarray) -> np.ndarray:
-    return scores - np.logaddexp.reduce(scores, 1, keepdims=True)
-
-
 def _best_threshold_accuracy(margin: np.ndarray, y: np.ndarray) -> float:
     """Accuracy of `margin > t` at the best t for labels `y` (every cut point tried)."""
     order = np.argsort(margin)
@@ -64,11 +60,12 @@ def main() -> int:
     templates = list(dict.fromkeys(DEFAULT_TEMPLATES + options.templates))
     label_templates = list(dict.fromkeys(DEFAULT_LABEL_TEMPLATES + options.label_templates))
     for template, label_template in itertools.product(templates, label_templates):
-        c = Candidate(template, label_template, 0, False, verbalizer="label")
-        raw = {name: _log_probs(scorer.raw_scores(c, t)) for name, t in texts.items()}
-        bias = np.log(np.exp(_log_probs(scorer.raw_scores(c, scorer.calibration_texts))).mean(0))
-        accuracy = {(name, cal): float(((raw[name] - (bias if cal else 0)).argmax(1) == y[name]).mean())
-                    for name in raw for cal in (False, True)}
+        c = Candidate(template, label_template, 0, True, verbalizer="label", calibration="inputs")
+        raw = {name: scorer.raw_scores(c, t) for name, t in texts.items()}
+        bias = scorer.bias(c)  # the search's own `inputs` calibration
+        scores = {(name, cal): scorer.calibrated(raw[name], bias) if cal else raw[name]
+                  for name in raw for cal in (False, True)}
+        accuracy = {key: float((s.argmax(1) == y[key[0]]).mean()) for key, s in scores.items()}
         margin = raw["test"][:, 1] - raw["test"][:, 0]
         margins.append(margin / margin.std())
         print(f"{template!r:22} {label_template!r:28} {accuracy['validation', False]:8.3f} "

@@ -8,6 +8,7 @@ answer at the first stop string; metrics are in `text_metrics`.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 from dataclasses import dataclass
@@ -57,8 +58,8 @@ class GenerationTask(Task):
 
     def bind(self, model: nn.Module) -> None:
         # Nearly every causal LM in transformers takes `logits_to_keep`; a model that does not gets every logit.
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.answer_logits_only = "logits_to_keep" in inspect.signature(base.forward).parameters
+        # `model` is the loaded transformers model, before a method wraps it.
+        self.answer_logits_only = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     def configure(self, cfg) -> "GenerationTask":
         return GenerationTask(cfg.generation, cfg.train.seed)
@@ -69,8 +70,8 @@ class GenerationTask(Task):
         through the chat template or not as `chat_template` says (unset: as the task's options say)."""
         options = dataclasses.replace(self.options, template=template.replace("{text}", "{source}"),
                                       chat_template=chat_template or self.options.chat_template)
-        task = GenerationTask(options, self.seed, demonstrations)
-        task.answer_logits_only = self.answer_logits_only
+        task = copy.copy(self)  # what `bind` noted of the model carries over
+        task.options, task.demonstrations = options, demonstrations
         return task
 
     def auto_class(self):
