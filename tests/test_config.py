@@ -198,6 +198,14 @@ def test_override_without_equals_sign():
         "override 'train.epochs' must look like key=value, e.g. train.epochs=5"
 
 
+def test_override_value_that_is_not_yaml_is_a_one_line_error():
+    # `{label}` opens a YAML mapping inside an unquoted list: a parser traceback before this.
+    problem = the_problem(LORA, ["method.label_templates=[The sentiment is {label}, Sentiment: {label}]"])
+    assert problem.startswith("override 'method.label_templates=[The sentiment is {label}, Sentiment: {label}]': "
+                              "the value is not valid YAML (expected ',' or ']', but got '{'); quote strings")
+    assert "\n" not in problem
+
+
 def test_overrides_are_validated_like_the_file():
     assert the_problem(LORA, ["train.epochs=-1"]) == "`train.epochs` must be positive, got -1"
 

@@ -180,7 +180,12 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value, e.g. train.epochs=5")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw else ""
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as e:
+            where = f" ({e.problem})" if getattr(e, "problem", None) else ""
+            raise ConfigError(f"override {item!r}: the value is not valid YAML{where}; quote strings that hold "
+                              f"braces, colons or commas, e.g. 'method.templates=[\"Review: {{text}}\"]'") from None
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
