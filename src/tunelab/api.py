@@ -33,9 +33,9 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | N
     cfg = _config(config, overrides)
     task = task_for(cfg)
     splits = load_splits(cfg.data, task.label_kind)  # all data checks happen before a model is loaded
-    if task.checks_tokens:  # and those that need the tokenizer (a QA question too long for its window)
+    if task.checks_data:  # and those that need the task's options or tokenizer (a QA question too long for its window)
         from . import models
-        task.check_tokens(models.load_tokenizer(models.resolve(cfg.model)), splits, cfg.data.max_length)
+        task.check_data(models.load_tokenizer(models.resolve(cfg.model)), splits, cfg.data.max_length)
     folder = Path(cfg.output) / run_name(cfg)
     writer = RunWriter(folder, overwrite)
     log(f"run {folder}: {cfg.method.name} on {cfg.data.source} "

@@ -137,6 +137,13 @@ class ExtractiveQAConfig:
                              "smaller than the context tokens a window holds (data.max_length minus the question).",
                              positive)
     max_answer_length: int = option(30, "Longest answer the model may give, in tokens.", positive)
+    allow_unanswerable: bool = option(False, "Accept questions the context does not answer (SQuAD v2: "
+                                      "`is_impossible`, or no answers; run_qa's --version_2_with_negative): the "
+                                      "model learns to point them at [CLS] and answers them with the empty string. "
+                                      "Off, such a question is a data error, since in SQuAD v1 data it is a mistake.")
+    null_score_diff_threshold: float = option(0.0, "With allow_unanswerable: the answer is empty when the [CLS] "
+                                              "score (start + end logit) beats the best span's by more than this; "
+                                              "raise it to answer more often.")
 
 
 @dataclass

@@ -64,6 +64,27 @@ def test_flat_rows_in_the_hugging_face_layout_and_rows_without_answers(tmp_path)
     assert without.answers is None and without.label is None
 
 
+def test_unanswerable_questions_of_squad_v2_files_and_rows(tmp_path):
+    """v2 articles (`is_impossible`, answers [] and `plausible_answers`) and Hugging Face `squad_v2` rows (empty
+    lists) load as answers [] and label "" (v2's empty answer); rows only to be answered keep None."""
+    document = squad(1)
+    document["data"][0]["paragraphs"][0]["qas"].append(
+        {"id": "a0-owner", "question": "Who owns it now?", "is_impossible": True, "answers": [],
+         "plausible_answers": [{"text": "Tay", "answer_start": 20}]})
+    path = tmp_path / "qa.json"
+    path.write_text(json.dumps(document))
+    cfg = load_config(qa_config(path))
+    year, blend, owner = rows_to_examples(read_rows(path), cfg.data, "span")
+    assert year.answers == [("1874", 36)] and (owner.answers, owner.label) == ([], "")
+    rows = tmp_path / "qa.jsonl"
+    rows.write_text(json.dumps({"question": "Who?", "context": CONTEXT, "answers": {"text": [], "answer_start": []}})
+                    + "\n")
+    (unanswerable,) = rows_to_examples(read_rows(rows), cfg.data, "span")
+    assert unanswerable.answers == [] and unanswerable.label == ""
+    (to_answer,) = rows_to_examples(read_rows(rows), cfg.data, "span", need_label=False)
+    assert to_answer.answers is None
+
+
 def test_one_context_never_straddles_two_splits(tmp_path):
     path = tmp_path / "qa.json"
     path.write_text(json.dumps(squad(20)))
@@ -89,8 +110,9 @@ BAD = {
                                   ["question id 'a1-year'", "does not occur in the context", "copy it exactly"]),
     "missing_question": (broken(lambda p: p["qas"][0].pop("question")),
                          ["question id 'a1-year'", "'question' is missing"]),
-    "no_answers": (broken(lambda p: p["qas"][1].update(answers=[])),
-                   ["question id 'a1-blend'", "no answers", "give at least one"]),
+    "no_answers": (broken(lambda p: p["qas"][1].update(answers=[])),  # in a v1 file: a mistake, said so
+                   ["question id 'a1-blend'", "has no answer", "set extractive_qa.allow_unanswerable: true",
+                    "or give it an answer from the context"]),
     "answer_without_offset": (broken(lambda p: p["qas"][0]["answers"][0].pop("answer_start")),
                               ["question id 'a1-year' answer 1", "needs 'text' and 'answer_start'"]),
     "offset_not_a_number": (broken(lambda p: p["qas"][0]["answers"][0].update(answer_start="36")),
@@ -100,7 +122,9 @@ BAD = {
     "missing_context": (broken(lambda p: p.pop("context")),
                         ["article 2 paragraph 1", "'context' is missing"]),
     "unanswerable_v2_question": (broken(lambda p: p["qas"][0].update(is_impossible=True, answers=[])),
-                                 ["question id 'a1-year'", "SQuAD v2", "not supported"]),
+                                 ["question id 'a1-year'", "SQuAD v2", "allow_unanswerable: true"]),
+    "impossible_with_answers": (broken(lambda p: p["qas"][0].update(is_impossible=True)),
+                                ["question id 'a1-year'", "'is_impossible' is true but the question has answers"]),
     "paragraphs_not_a_list": ({"data": [{"title": "t", "paragraphs": "oops"}]},
                               ["article 1", "'paragraphs' must be a non-empty list", "a SQuAD file looks like"]),
     "neither_squad_nor_rows": ({"data": [{"title": "t", "text": "no paragraphs"}]},

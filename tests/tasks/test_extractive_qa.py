@@ -12,7 +12,7 @@ from tunelab.config import ExtractiveQAConfig, load_config
 from tunelab.data import DATASETS, Example
 from tunelab.errors import DataError
 from tunelab.tasks import TASKS, task_for
-from tunelab.tasks.extractive_qa import CLS, ExtractiveQATask, answer_tokens, best_span, squad_scores
+from tunelab.tasks.extractive_qa import CLS, Answers, ExtractiveQATask, answer_tokens, best_span, squad_scores
 from tunelab.training.batches import Batches
 
 
@@ -104,6 +104,48 @@ def test_squad_scores_golden_values():
     assert scores["f1"] == pytest.approx((1 + 2 / 3 + 1 + 0) / 4)
 
 
+def test_squad_v2_scores_count_an_empty_answer_to_an_unanswerable_question():
+    task = ExtractiveQATask(ExtractiveQAConfig(allow_unanswerable=True))
+    examples = [qa("when ?", "It began in 1874.", "1874"), qa("who ?", "Ann met Bo.", "Bo"),
+                Example("why ?", "", "It rained.", answers=[]), Example("how ?", "", "It rained.", answers=[])]
+    scores = task.metrics(Answers(["1874", "", "", "rain"], [0.0] * 4), examples, [])
+    # Answerable: EM 1, 0 (nothing said); unanswerable: "" right, "rain" wrong.
+    assert scores["exact_match"] == pytest.approx(2 / 4) and scores["f1"] == pytest.approx(2 / 4)
+    assert (scores["has_answer_exact_match"], scores["has_answer_f1"], scores["no_answer_accuracy"]) == (0.5, 0.5, 0.5)
+    assert "no_answer_accuracy" not in task.metrics(Answers(["1874"], [0.0]), examples[:1], [])  # v1 data: as before
+
+
+def test_an_unanswerable_question_points_every_window_at_cls_and_is_answered_with_nothing(tokenizer):
+    context = " ".join(["red"] * 40)
+    unanswerable = Example("which tea ?", "", context, "test", answers=[])
+    answerable = qa("which tea ?", context + " Harbour Grey", "Harbour Grey")
+    task = ExtractiveQATask(ExtractiveQAConfig(doc_stride=6, max_answer_length=5, allow_unanswerable=True))
+    features = task.encode(tokenizer, [unanswerable, answerable], 24)
+    mine = [f for f in features if f["example"] == 0]
+    assert len(mine) > 1 and all(f["start_positions"] == f["end_positions"] == CLS for f in mine)
+    # [CLS] scores 4 + 4 in every window; the answerable example's span scores 5 + 5 in the window holding it.
+    logits = oracle_logits(features, 24)
+    logits[:, CLS, :] = 4.0
+    for i, f in enumerate(features):
+        if f["start_positions"] != CLS:
+            logits[i, f["start_positions"], 0] = logits[i, f["end_positions"], 1] = 5.0
+    assert task.answers([unanswerable, answerable], features, logits).texts == ["", "Harbour Grey"]
+    # The null score is the lowest over the example's windows: one window sure of a span (span 9 + 9 > null
+    # 4 + 4 there) answers, although the other windows point at [CLS].
+    first = next(i for i, f in enumerate(features) if f["example"] == 0)
+    word = next(t for t, o in enumerate(features[first]["offsets"]) if o is not None)  # a context token, "red"
+    logits[first, word, :] = 9.0
+    answers = task.answers([unanswerable, answerable], features, logits)
+    assert answers.texts[0] == "red" and answers.scores[0] == pytest.approx(18.0)
+    # The threshold moves the line: ask the span to beat [CLS] by more than 11 (18 - 8 = 10 is not enough).
+    strict = ExtractiveQATask(ExtractiveQAConfig(doc_stride=6, max_answer_length=5, allow_unanswerable=True,
+                                                 null_score_diff_threshold=-11.0))
+    assert strict.answers([unanswerable, answerable], features, logits).texts == ["", ""]
+    # Without allow_unanswerable the best span is always the answer, as before.
+    plain = ExtractiveQATask(ExtractiveQAConfig(doc_stride=6, max_answer_length=5))
+    assert "" not in plain.answers([unanswerable, answerable], features, logits).texts
+
+
 def test_collate_pads_on_the_right_and_keeps_the_targets(tokenizer):
     task = ExtractiveQATask(ExtractiveQAConfig(doc_stride=8))
     features = task.encode(tokenizer, [qa("who ?", "Ann met Bo.", "Bo"), qa("what ?", "A long day in the sun.", "sun")],
@@ -169,3 +211,25 @@ def test_train_then_predict_on_rows_without_answers(tiny_qa_config, tmp_path):
     assert predict(run, inputs, out) == 1
     row = json.loads(out.read_text())
     assert row["prediction"] and row["prediction"] in context and "answers" not in row
+
+
+def test_train_and_predict_with_unanswerable_questions(tiny_qa_config, tiny_qa_json, tmp_path):
+    """SQuAD v2 end to end on the tiny BERT: each context gets a question about an animal it does not name."""
+    document = json.loads(tiny_qa_json.read_text())
+    for a, article in enumerate(document["data"]):
+        paragraph = article["paragraphs"][0]
+        assert "yak" not in paragraph["context"]
+        paragraph["qas"].append({"id": f"c{a}-none", "question": "what colour is the yak ?",
+                                 "is_impossible": True, "answers": []})
+    path = tmp_path / "tiny_qa_v2.json"
+    path.write_text(json.dumps(document))
+    cfg = tiny_qa_config("lora")
+    cfg["data"]["source"] = str(path)
+    cfg["extractive_qa"]["allow_unanswerable"] = True
+    metrics = train(cfg, log=lambda _: None)
+    assert {"has_answer_f1", "has_answer_exact_match", "no_answer_accuracy"} <= set(metrics["test"])
+    assert 0.0 <= metrics["test"]["no_answer_accuracy"] <= 1.0
+    rows = [json.loads(line) for line in open(f"{metrics['run_folder']}/predictions.jsonl")]
+    assert sum(row["answers"] == [] for row in rows) == len(rows) // 3  # one question in three has no answer
+    saved = load_config(f"{metrics['run_folder']}/config.yaml")
+    assert saved.extractive_qa.allow_unanswerable  # `predict` answers with the run's own rule

@@ -8,6 +8,11 @@ hold one question each: `question`, `context` and `answers`, the latter either {
 
 Every answer must be the context's own text at its offset: a wrong offset would silently teach the
 model a wrong span, so it is an error that says where the answer really is.
+
+A question without answers (SQuAD v2's `is_impossible`, or an empty answer list in Hugging Face's
+`squad_v2` rows) is unanswerable: its `answers` is [] and its label "" (v2's empty answer). Whether
+that is allowed is the task's option (`extractive_qa.allow_unanswerable`), checked before training;
+when rows are only to be answered (`need_label=False`), missing answers give None.
 """
 from __future__ import annotations
 
@@ -58,9 +63,9 @@ def _article(origin: str, row: dict[str, Any], need_label: bool) -> list[Example
             here = f"{file} question id {qid!r}" if qid not in (None, "") else f"{at} question {q}"
             if not isinstance(qa, dict):
                 raise DataError(f"{here}: expected an object with 'question' and 'answers', got {type(qa).__name__}")
-            if qa.get("is_impossible"):
-                raise DataError(f"{here}: unanswerable questions (SQuAD v2 'is_impossible') are not supported; "
-                                f"remove them or give an answer")
+            if qa.get("is_impossible") and qa.get("answers"):
+                raise DataError(f"{here}: 'is_impossible' is true but the question has answers; set it to false "
+                                f"or empty 'answers' (SQuAD v2 keeps the guesses in 'plausible_answers')")
             question = _text(qa, "question", here, "the question's text")
             answers = _answers(qa.get("answers"), "answers", context, here, need_label)
             out.append(_example(question, context, answers, here))
@@ -81,8 +86,8 @@ def _flat(origin: str, row: dict[str, Any], columns: dict[str, str], need_label:
 
 
 def _example(question: str, context: str, answers: list[tuple[str, int]] | None, origin: str) -> Example:
-    return Example(question.strip(), answers[0][0] if answers else None, context, origin, group=context,
-                   answers=answers)
+    label = answers[0][0] if answers else None if answers is None else ""  # "": unanswerable
+    return Example(question.strip(), label, context, origin, group=context, answers=answers)
 
 
 def _text(row: dict[str, Any], key: str, where: str, role: str) -> str:
@@ -105,11 +110,8 @@ def _answers(value: Any, key: str, context: str, where: str, need_label: bool) -
         if not isinstance(starts, list) or len(starts) != len(value["text"]):
             raise DataError(f"{where}: {key!r} needs as many answer_start values as texts; got {value!r:.80}")
         value = [{"text": t, "answer_start": s} for t, s in zip(value["text"], starts)]
-    if not value:
-        if not need_label:
-            return None
-        raise DataError(f"{where}: no answers; give at least one {{\"text\": ..., \"answer_start\": ...}} in "
-                        f"{key!r} (or remove the question)")
+    if not value:  # unanswerable (SQuAD v2), or not yet answered
+        return [] if need_label else None
     if not isinstance(value, list):
         raise DataError(f"{where}: {key!r} must be a list of {{\"text\": ..., \"answer_start\": ...}}, got "
                         f"{value!r:.80}")

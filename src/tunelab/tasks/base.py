@@ -36,13 +36,14 @@ class Task:
     def bind(self, model: nn.Module) -> None:
         """Note what the task may ask of the model it will run on (called once the model is loaded)."""
 
-    def check_tokens(self, tokenizer, splits, max_length: int) -> None:
-        """Data problems only the tokenizer shows, raised as `DataError` before the model loads."""
+    def check_data(self, tokenizer, splits, max_length: int) -> None:
+        """Data problems only the task's options or its tokenizer show, raised as `DataError` before the model
+        loads (a QA question too long for its window, or unanswerable where that is not allowed)."""
 
     @property
-    def checks_tokens(self) -> bool:
-        """Whether this task overrides `check_tokens` (only then is a tokenizer loaded for it)."""
-        return type(self).check_tokens is not Task.check_tokens
+    def checks_data(self) -> bool:
+        """Whether this task overrides `check_data` (only then is a tokenizer loaded for it)."""
+        return type(self).check_data is not Task.check_data
 
     def auto_class(self):
         raise NotImplementedError

@@ -9,6 +9,13 @@ start ≤ end, at most `max_answer_length` tokens — scored by start logit + en
 over all windows of the example is mapped back to the context's characters through the tokenizer's
 offsets. Metrics are SQuAD's exact match and token F1 (`text_metrics`), each the best over the
 example's accepted answers, averaged over examples (Rajpurkar et al. 2016, https://arxiv.org/abs/1606.05250).
+
+With `allow_unanswerable` (SQuAD v2, Rajpurkar et al. 2018, https://arxiv.org/abs/1806.03822), a
+question without answers trains every window to point at [CLS]; to answer, the example's null score is
+the lowest [CLS] score (start + end logit) over its windows — the window that most believes an answer
+is there, as run_qa's post-processing takes it — and the answer is "" when that beats the best span by
+more than `null_score_diff_threshold`. An unanswerable question scores 1 when answered "", 0 otherwise;
+the metrics then add the has-answer and no-answer parts, as the official v2 evaluation does.
 """
 from __future__ import annotations
 
@@ -88,12 +95,21 @@ class ExtractiveQATask(Task):
             answers = examples[sample].answers
             if answers:  # trained on the first answer, like run_qa; metrics use them all
                 feature["start_positions"], feature["end_positions"] = answer_tokens(offsets, *answers[0])
+            elif answers == []:  # unanswerable (allowed: check_data ran before)
+                feature["start_positions"] = feature["end_positions"] = CLS
             features.append(feature)
         return features
 
-    def check_tokens(self, tokenizer, splits, max_length: int) -> None:
-        """A question too long for its window, in any split, before the model loads."""
+    def check_data(self, tokenizer, splits, max_length: int) -> None:
+        """Unanswerable questions the options do not allow and a question too long for its window, in any
+        split, before the model loads."""
         for part in (splits.train, splits.validation, splits.test):
+            if not self.options.allow_unanswerable:
+                unanswerable = next((e for e in part if e.answers == []), None)
+                if unanswerable is not None:
+                    raise DataError(f"{unanswerable.origin}: the question has no answer (unanswerable, as in SQuAD "
+                                    f"v2); set extractive_qa.allow_unanswerable: true to train the model to answer "
+                                    f"such questions with nothing, or give it an answer from the context")
             if part:
                 self._stride(tokenizer, part, max_length)
 
@@ -132,28 +148,43 @@ class ExtractiveQATask(Task):
         return self.answers(examples, batches.features, logits), (loss if with_loss else None)
 
     def answers(self, examples: list[Example], features: list[dict[str, Any]], logits: np.ndarray) -> Answers:
-        """The best span of each example over all its windows (`logits`: windows × tokens × [start, end])."""
+        """The best span of each example over all its windows (`logits`: windows × tokens × [start, end]);
+        with allow_unanswerable, "" where the example's null score beats that span by the threshold."""
         best: list[tuple[float, str]] = [(-np.inf, "")] * len(examples)
+        null = np.full(len(examples), np.inf)
         for feature, row in zip(features, logits):
             span = best_span(row[:, 0], row[:, 1], feature["offsets"], self.options.max_answer_length)
             n = feature["example"]
             if span is not None and span[0] > best[n][0]:
                 best[n] = (span[0], examples[n].text_pair[span[1]:span[2]])
+            null[n] = min(null[n], float(row[CLS, 0] + row[CLS, 1]))
+        if self.options.allow_unanswerable:
+            best = [(float(null[n]), "") if null[n] - score > self.options.null_score_diff_threshold else (score, text)
+                    for n, (score, text) in enumerate(best)]
         return Answers([text for _, text in best], [float(score) for score, _ in best])
 
     def predictions(self, outputs: Answers, labels: list[str]) -> list[str]:
         return outputs.texts
 
     def metrics(self, outputs: Answers, examples: list[Example], labels: list[str]) -> dict[str, Any]:
-        return squad_scores(outputs.texts, [[text for text, _ in e.answers or []] for e in examples])
+        references = [[text for text, _ in e.answers] if e.answers else [""] for e in examples]  # "": no answer
+        scores = squad_scores(outputs.texts, references)
+        unanswerable = [e.answers == [] for e in examples]
+        if any(unanswerable):  # the v2 evaluation's HasAns/NoAns parts: how each kind of question fares
+            answerable = [(p, r) for p, r, u in zip(outputs.texts, references, unanswerable) if not u]
+            if answerable:
+                part = squad_scores(*map(list, zip(*answerable)))
+                scores.update(has_answer_exact_match=part["exact_match"], has_answer_f1=part["f1"])
+            scores["no_answer_accuracy"] = float(np.mean([p == "" for p, u in zip(outputs.texts, unanswerable) if u]))
+        return scores
 
     def prediction_rows(self, examples: list[Example], outputs: Answers, labels: list[str]) -> Iterator[dict]:
         for e, text, score in zip(examples, outputs.texts, outputs.scores):
             context = e.text_pair or ""
             row: dict[str, Any] = {"question": e.text, "context": context if len(context) <= CONTEXT_SHOWN
                                    else context[:CONTEXT_SHOWN] + "…", "prediction": text, "score": round(score, 4)}
-            if e.answers:
-                row["answers"] = [a for a, _ in e.answers]
+            if e.answers is not None:
+                row["answers"] = [a for a, _ in e.answers]  # [] for an unanswerable question
             yield row
 
 
