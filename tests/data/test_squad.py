@@ -15,7 +15,7 @@ from tunelab.cli import main
 from tunelab.config import load_config
 from tunelab.data import DATASETS, load_splits, rows_to_examples
 from tunelab.data.files import read_rows
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTEXT = "Halvorsen & Tay began in 1874 as a tea stall in Marrowgate. Its best blend was Harbour Grey."
@@ -85,6 +85,16 @@ def test_unanswerable_questions_of_squad_v2_files_and_rows(tmp_path):
     assert to_answer.answers is None
 
 
+def test_rows_without_an_answers_column_are_an_error_not_unanswerable(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    path.write_text(json.dumps({"question": "When?", "context": CONTEXT, "answer": "1874"}) + "\n")
+    cfg = load_config(qa_config(path))
+    with pytest.raises(DataError) as info:
+        rows_to_examples(read_rows(path), cfg.data, "span")
+    assert str(info.value) == (f"{path} line 1: no 'answers' (keys: question, context, answer); add the answers, or "
+                               f"name their column with data.columns.answers")
+
+
 def test_one_context_never_straddles_two_splits(tmp_path):
     path = tmp_path / "qa.json"
     path.write_text(json.dumps(squad(20)))
@@ -113,6 +123,8 @@ BAD = {
     "no_answers": (broken(lambda p: p["qas"][1].update(answers=[])),  # in a v1 file: a mistake, said so
                    ["question id 'a1-blend'", "has no answer", "set extractive_qa.allow_unanswerable: true",
                     "or give it an answer from the context"]),
+    "answers_key_missing": (broken(lambda p: p["qas"][1].pop("answers")),
+                            ["question id 'a1-blend'", "no 'answers'", "\"is_impossible\": true"]),
     "answer_without_offset": (broken(lambda p: p["qas"][0]["answers"][0].pop("answer_start")),
                               ["question id 'a1-year' answer 1", "needs 'text' and 'answer_start'"]),
     "offset_not_a_number": (broken(lambda p: p["qas"][0]["answers"][0].update(answer_start="36")),

@@ -67,6 +67,9 @@ def _article(origin: str, row: dict[str, Any], need_label: bool) -> list[Example
                 raise DataError(f"{here}: 'is_impossible' is true but the question has answers; set it to false "
                                 f"or empty 'answers' (SQuAD v2 keeps the guesses in 'plausible_answers')")
             question = _text(qa, "question", here, "the question's text")
+            if need_label and "answers" not in qa and not qa.get("is_impossible"):
+                raise DataError(f"{here}: no 'answers'; give [{{\"text\": ..., \"answer_start\": ...}}], or [] and "
+                                f"\"is_impossible\": true for a question the context does not answer")
             answers = _answers(qa.get("answers"), "answers", context, here, need_label)
             out.append(_example(question, context, answers, here))
     return out
@@ -79,6 +82,9 @@ def _flat(origin: str, row: dict[str, Any], columns: dict[str, str], need_label:
             raise DataError(f"{origin}: no {col!r} (keys: {', '.join(map(str, row))}); give a SQuAD file ({SHAPE}) "
                             f"or rows with question, context and answers (data.columns.{role} names the {role} "
                             f"column)")
+    if need_label and answers_col not in row:  # a misnamed column must not read as "every question unanswerable"
+        raise DataError(f"{origin}: no {answers_col!r} (keys: {', '.join(map(str, row))}); add the answers, or name "
+                        f"their column with data.columns.answers")
     context = _text(row, context_col, origin, "the passage that the answers are taken from")
     question = _text(row, question_col, origin, "the question's text")
     answers = _answers(row.get(answers_col), answers_col, context, origin, need_label)
