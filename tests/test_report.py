@@ -196,3 +196,14 @@ def test_prompt_table_shows_fields_that_only_some_candidates_have(tmp_path):
     header, cells, n = _prompt_search(tmp_path, "f1")
     assert n == 2 and header[-3:] == ["calibrated on", "validation f1", "chosen"]
     assert cells[0][-3:] == ["–", "0.7000", ""] and cells[1][-3:] == ["training inputs", "0.8000", "✓"]
+
+
+def test_a_log_time_axis_is_labelled_in_round_durations():
+    """Across one decade matplotlib labelled 2×10², 3×10² … beside "16.7 min"; the ticks are durations people say."""
+    from tunelab.report.plots import quality_vs_cost_figure
+    points = [Point("prompt", 182, 0.818, "C0"), Point("lora", 1984, 0.869, "C1"), Point("adapter", 1143, 0.858, "C2"),
+              Point("full", 1745, 0.871, "C3")]
+    ax = quality_vs_cost_figure(points, "f1", False, "time").axes[0]
+    lo, hi = ax.get_xlim()
+    shown = [t.get_text() for t in ax.get_xticklabels(which="both") if t.get_text() and lo <= t.get_position()[0] <= hi]
+    assert shown == ["2 min", "5 min", "10 min", "20 min", "30 min"], shown

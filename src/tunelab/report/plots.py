@@ -15,7 +15,8 @@ import matplotlib
 matplotlib.use("Agg")  # a report is written on servers without a display
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter, NullLocator  # noqa: E402
+from matplotlib.transforms import Bbox  # noqa: E402
 
 DPI = 110
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -73,12 +74,25 @@ def _seconds(v: float, _pos: Any = None) -> str:
     return f"{v:.0f} s" if v < 600 else f"{v / 60:.1f} min"
 
 
+# Ticks of a logarithmic time axis at durations people say: 1 s ... 30 s, 1 min ... 30 min, 1 h ... 24 h.
+# (matplotlib's own ticks there are powers of ten, and across one decade it labels 2×10², 3×10² ... beside them.)
+TIME_TICKS = [1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 4 * 3600, 8 * 3600, 24 * 3600]
+
+
+def _duration(v: float, _pos: Any = None) -> str:
+    return f"{v:.0f} s" if v < 60 else f"{v / 60:.0f} min" if v < 3600 else f"{v / 3600:.0f} h"
+
+
 def quality_vs_cost(points: list[Point], metric: str, lower_is_better: bool, cost: str) -> bytes:
     """Test metric against trainable parameters (`cost="parameters"`) or training time (`cost="time"`).
 
     Zero trainable parameters (prompting) cannot sit on a log axis: such points are drawn at
     x = 1, which the axis labels "0", and their label says so.
     """
+    return _png(quality_vs_cost_figure(points, metric, lower_is_better, cost))
+
+
+def quality_vs_cost_figure(points: list[Point], metric: str, lower_is_better: bool, cost: str) -> Figure:
     fig = Figure(figsize=(5.6, 4.2))
     FigureCanvasAgg(fig)  # a renderer, to measure the point labels
     ax = fig.add_subplot()
@@ -102,7 +116,13 @@ def quality_vs_cost(points: list[Point], metric: str, lower_is_better: bool, cos
         ax.set_xlabel("trainable parameters (log scale)")
         ax.set_title(f"test {metric} vs. trainable parameters")
     else:
-        ax.xaxis.set_major_formatter(FuncFormatter(_seconds))
+        if log_x:
+            ax.xaxis.set_major_locator(FixedLocator(TIME_TICKS))
+            ax.xaxis.set_major_formatter(FuncFormatter(_duration))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        else:
+            ax.xaxis.set_major_formatter(FuncFormatter(_seconds))
         ax.set_xlabel("training time" + (" (log scale)" if log_x else ""))
         ax.set_title(f"test {metric} vs. training time")
     ax.set_ylabel(f"test {metric} ({'lower' if lower_is_better else 'higher'} is better)")
@@ -112,7 +132,7 @@ def quality_vs_cost(points: list[Point], metric: str, lower_is_better: bool, cos
     legend = ax.legend(loc="best", fontsize=8, frameon=False)
     fig.draw_without_rendering()  # fixes the limits and the legend, so labels can be measured against them
     _label_points(ax, shown, log_x, cost, points, [legend])
-    return _png(fig)
+    return fig
 
 
 def _label_points(ax, shown: list[Point], log_x: bool, cost: str, original: list[Point], placed: list) -> None:
@@ -120,6 +140,8 @@ def _label_points(ax, shown: list[Point], log_x: bool, cost: str, original: list
         return math.log10(x) if log_x else x
     xs = [position(p.cost) for p in shown]
     lo, hi = min(xs), max(xs)
+    # Every marker is an obstacle too: a label beside a neighbour's marker reads as that neighbour's.
+    markers = [_marker_box(ax, (p.cost, p.quality)) for p in shown]
     for p, raw in zip(shown, original):
         right_side = hi > lo and (position(p.cost) - lo) / (hi - lo) > 0.7  # keep labels inside the axes
         text = p.method
@@ -129,18 +151,28 @@ def _label_points(ax, shown: list[Point], log_x: bool, cost: str, original: list
             text += f" ({_count(raw.cost)})"
         else:
             text += f" ({raw.cost:.0f} s)" if raw.cost >= 10 else f" ({raw.cost:.1f} s)"
-        placed.append(_place(ax, text, (p.cost, p.quality), right_side, placed))
+        own = _marker_box(ax, (p.cost, p.quality))
+        obstacles = [m for m in markers if m.bounds != own.bounds] + [n.get_window_extent() for n in placed]
+        placed.append(_place(ax, text, (p.cost, p.quality), right_side, obstacles))
 
 
-def _place(ax, text: str, xy: tuple[float, float], right_side: bool, placed: list) -> Any:
-    """Annotate beside the point, trying the four corners until the label overlaps no earlier one."""
+def _marker_box(ax, xy: tuple[float, float]) -> Bbox:
+    """The display-space square a scatter marker of size 90 (≈ 9.5 points across) covers."""
+    x, y = ax.transData.transform(xy)
+    r = 5 * ax.figure.dpi / 72
+    return Bbox.from_extents(x - r, y - r, x + r, y + r)
+
+
+def _place(ax, text: str, xy: tuple[float, float], right_side: bool, obstacles: list[Bbox]) -> Any:
+    """Annotate beside the point, trying the four corners until the label overlaps no obstacle (the other
+    markers, the labels placed before, the legend)."""
     renderer = ax.figure.canvas.get_renderer()
     sides = [(-8, "right"), (8, "left")] if right_side else [(8, "left"), (-8, "right")]
     tries = [(dx, dy, ha) for dy in (7, -16) for dx, ha in sides]
     for dx, dy, ha in tries:
         note = ax.annotate(text, xy, textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=9)
         box = note.get_window_extent(renderer)
-        if not any(box.overlaps(other.get_window_extent(renderer)) for other in placed):
+        if not any(box.overlaps(other) for other in obstacles):
             return note
         note.remove()
     return ax.annotate(text, xy, textcoords="offset points", xytext=tries[0][:2], ha=tries[0][2], fontsize=9)
