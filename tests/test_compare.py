@@ -120,3 +120,31 @@ def test_a_methods_train_block_is_checked_like_train(tiny_config):
     cfg["methods"]["full"]["train"] = {"learning_rat": 5e-5}
     with pytest.raises(ConfigError, match=r"unknown key `methods.full.train.learning_rat`; valid keys: epochs"):
         load_config(cfg)
+
+
+def test_an_interrupted_comparison_stops_the_method_and_leaves_no_temporary_config(tiny_config, tmp_path,
+                                                                                    monkeypatch):
+    """Ctrl-C (or SIGTERM, which the CLI turns into the same unwinding) while a method trains."""
+    import subprocess
+
+    class Training:  # the method's process, interrupted while it prints
+        terminated = False
+
+        def __init__(self, *args, **kwargs):
+            self.stdout = self._lines()
+
+        def _lines(self):
+            yield "epoch 1/1: step 1/8\n"
+            raise KeyboardInterrupt
+
+        def terminate(self):
+            Training.terminated = True
+
+        def wait(self):
+            return -15
+
+    monkeypatch.setattr(subprocess, "Popen", Training)
+    with pytest.raises(KeyboardInterrupt):
+        compare(tiny_config("lora"), ["lora"], output=tmp_path / "cmp", name="c", log=lambda _: None)
+    runs = tmp_path / "cmp" / "c" / "runs"
+    assert Training.terminated and not list(runs.glob(".*.yaml")), list(runs.iterdir())

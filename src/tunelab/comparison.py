@@ -137,7 +137,8 @@ def _run_method(method: str, cfg: RunConfig, folder: Path, overwrite: bool, log)
             process.terminate()
             process.wait()
             raise
-    config_path.unlink(missing_ok=True)
+        finally:
+            config_path.unlink(missing_ok=True)  # the method's config lives in its run folder once it has one
     if status != 0:
         reason = _failure_reason(status, last)
         log(f"  {method} failed: {reason} (log: {log_path})")
