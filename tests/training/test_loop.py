@@ -131,6 +131,18 @@ def test_gradient_checkpointing_trains_the_same_weights(tiny_generation_config, 
 
     plain, checkpointed = trained(False), trained(True)
     assert plain.keys() == checkpointed.keys()
+    # Training moved the weights, so equality below is not that of two untouched models.
+    if method == "lora":
+        assert any(w.abs().sum() > 0 for n, w in plain.items() if "lora_B" in n)  # lora_B starts at zero
+    else:
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+        saved = load_file(Path(tiny_generation_config(method)["model"]) / "model.safetensors")
+        start = {f"model.{n}": w for n, w in saved.items()}  # saved from the bare LlamaModel: no "model." prefix
+        shared = [n for n in plain if n in start]
+        assert shared
+        assert any(not torch.equal(plain[n], start[n].to(plain[n].dtype)) for n in shared)
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-6)
 
