@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import yaml
 
@@ -94,8 +95,9 @@ def test_overrides_may_follow_options(tiny_config, tmp_path, capsys):
         raise AssertionError("an unknown option was accepted")
 
 
-def test_a_terminated_run_leaves_no_partial_folder(tiny_config, tmp_path):
-    """SIGTERM (`kill`, a job scheduler, a CI timeout) cleans up as Ctrl-C does: no `.NAME.partial-*` folder."""
+def test_a_terminated_run_leaves_no_partial_folder_and_keeps_its_checkpoint(tiny_config, tmp_path):
+    """SIGTERM (`kill`, a job scheduler, a CI timeout) cleans up as Ctrl-C does: no `.NAME.partial-*` folder; the
+    checkpoint stays, and the message says how to go on from it."""
     import os
     import signal
     import subprocess
@@ -103,13 +105,53 @@ def test_a_terminated_run_leaves_no_partial_folder(tiny_config, tmp_path):
     import time
     config = _write_config(tmp_path, tiny_config("full"))
     process = subprocess.Popen([sys.executable, "-m", "tunelab.cli", "train", config, "train.epochs=500",
-                                "train.early_stopping.patience=500"],
+                                "train.early_stopping.patience=500", "name=long"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert process.stdout.readline().startswith("run ")  # the partial folder exists from here on
-    time.sleep(1)
+    checkpoint = tmp_path / "runs" / ".long.checkpoint"
+    deadline = time.time() + 60
+    while not checkpoint.is_dir() and time.time() < deadline:  # one is written at the end of each epoch
+        time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=60)
+    out, err = process.communicate(timeout=60)
     assert process.returncode == 143, err
-    assert err.strip().splitlines()[-1] == "terminated; nothing was written"
-    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+    assert err.strip().splitlines()[-1] == "terminated; no half-written output was left"
+    assert re.search(r"the checkpoint at step \d+ of 4500, saved .* stays in .*\.long\.checkpoint: the same "
+                     r"command with --resume continues from there", out), out
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [".long.checkpoint"]
+
+
+def test_a_killed_run_resumes_exactly(tiny_config, tmp_path, capsys):
+    """`kill -9` (an OOM kill, a power cut): no cleanup runs at all; `--resume` continues from the last checkpoint
+    and ends with the weights of a run that was never stopped."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+    cfg = tiny_config("lora")
+    cfg["train"].update(epochs=12, checkpoint_every=3)
+    config = _write_config(tmp_path, cfg)
+    assert main(["train", config, "name=straight"]) == 0
+    process = subprocess.Popen([sys.executable, "-m", "tunelab.cli", "train", config, "name=killed"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "runs" / ".killed.checkpoint"
+    deadline = time.time() + 60
+    while not checkpoint.is_dir() and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert not (tmp_path / "runs" / "killed").exists(), "the run finished before it could be killed"
+    capsys.readouterr()
+    assert main(["train", config, "name=killed"]) == 2
+    assert "pass --resume to continue it" in capsys.readouterr().err
+    assert main(["train", config, "name=killed", "--resume"]) == 0
+    assert "resumed from the checkpoint at step" in capsys.readouterr().out
+    a = load_file(tmp_path / "runs" / "straight" / "model" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "runs" / "killed" / "model" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["killed", "straight"]

@@ -14,6 +14,7 @@ from .errors import TunelabError
 from .pipeline import fit, reload
 from .runs import RunWriter, read_run, run_name, versions
 from .tasks import task_for
+from .training.checkpoint import Checkpoint
 from .training.memory import PeakMemory
 from .training.precision import device
 
@@ -25,10 +26,11 @@ def _config(config: RunConfig | str | Path | dict, overrides: list[str] | dict |
 
 
 def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | None = None, *,
-          overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+          overwrite: bool = False, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train (or fit) one method on one dataset; writes a run folder and returns its metrics.
 
     `config` is a `RunConfig`, a YAML path or a dict; `overrides` are dotted `key=value` strings.
+    `resume` continues the interrupted run of this config from its checkpoint (`.NAME.checkpoint/`).
     """
     cfg = _config(config, overrides)
     task = task_for(cfg)
@@ -37,14 +39,22 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | N
         from . import models
         task.check_data(models.load_tokenizer(models.resolve(cfg.model)), splits, cfg.data.max_length)
     folder = Path(cfg.output) / run_name(cfg)
+    checkpoint = Checkpoint(folder, cfg.to_dict(), cfg.train.checkpoint_every)
+    if resume:
+        checkpoint.check_resumable()
+    elif checkpoint.exists():  # never start over silently on top of hours of someone's training
+        raise TunelabError(f"{checkpoint.folder} holds an interrupted run of this name ({checkpoint.summary()}); "
+                           f"pass --resume to continue it, or delete that folder to start over")
     writer = RunWriter(folder, overwrite)
     log(f"run {folder}: {cfg.method.name} on {cfg.data.source} "
         f"({len(splits.train)} train / {len(splits.validation)} validation / {len(splits.test)} test)")
     try:
         started = time.time()
         with PeakMemory() as memory:
-            adapted = fit(cfg, splits, log)
-        fit_seconds = time.time() - started
+            adapted = fit(cfg, splits, log, checkpoint=checkpoint, resume=resume)
+        state = adapted.state
+        # A resumed run's time includes the training done before the interruption.
+        fit_seconds = time.time() - started + (state.seconds_before_resume if state else 0.0)
         validation = adapted.evaluate(splits.validation)
         predict_start = time.time()
         test_scores, test_loss = adapted.scores(splits.test, with_loss=True)
@@ -52,7 +62,6 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | N
         test = task.metrics(test_scores, splits.test, splits.labels)
         if test_loss is not None:
             test["loss"] = test_loss
-        state = adapted.state
         diagnostics = _diagnostics(adapted, splits, validation)
         for warning in diagnostics["warnings"]:
             log(f"warning: {warning}")
@@ -65,6 +74,7 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | N
             "memory": {"peak_rss_mb": memory.peak_mb, "device_peak_mb": memory.device_peak_mb},
             "epochs_run": state.epoch if state else 0, "best_epoch": state.best_epoch if state else 0,
             "stopped_early": state.stopped_early if state else False,
+            "resumed_at_step": state.resumed_at_step if state else None,
             "diagnostics": diagnostics,
             "newly_initialised": adapted.newly_initialised, "trained_head_modules": adapted.trained_heads,
             "splits": splits.sizes(), "labels": splits.labels,
@@ -84,7 +94,11 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | N
         run_folder = writer.commit()
     except BaseException:
         writer.discard()
+        if checkpoint.exists():
+            log(f"the checkpoint at {checkpoint.summary()} stays in {checkpoint.folder}: the same command with "
+                f"--resume continues from there")
         raise
+    checkpoint.remove()
     metrics["run_folder"] = str(run_folder)
     _summary(metrics, log)
     return metrics

@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of the config")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same name "
                    "(only once the new run has finished)")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run (a crash, a kill, Ctrl-C) "
+                   "from its checkpoint in .NAME.checkpoint/ beside the run folder, exactly as if it had not stopped; "
+                   "the config must be the same")
 
     e = sub.add_parser("eval", help="metrics of a trained run on its test split or on a file")
     e.add_argument("run", help="run folder (runs/NAME)")
@@ -100,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
+        print("interrupted; no half-written output was left", file=sys.stderr)
         return 130
     except _Terminated:
-        print("terminated; nothing was written", file=sys.stderr)
+        print("terminated; no half-written output was left", file=sys.stderr)
         return 143
     finally:
         if main_thread:
@@ -120,7 +123,7 @@ def _terminated(signum, frame) -> None:
 
 def _train(args) -> None:
     from .api import train
-    train(args.config, args.overrides, overwrite=args.overwrite)
+    train(args.config, args.overrides, overwrite=args.overwrite, resume=args.resume)
 
 
 def _eval(args) -> None:

@@ -91,6 +91,10 @@ class TrainConfig:
     gradient_checkpointing: bool = option(False, "Keep only each layer's input during the forward pass and "
                                           "recompute the rest in the backward pass, as Trainer's option of that "
                                           "name: less memory for longer sequences or larger batches, slower steps.")
+    checkpoint_every: int = option(200, "Save a checkpoint every this many steps, and at each epoch's end, in "
+                                   "`.NAME.checkpoint/` beside the run folder, so that `tunelab train ... --resume` "
+                                   "continues an interrupted run exactly; it is removed when the run is written. "
+                                   "0: no checkpoints.", non_negative)
 
 
 def _has_source(v: str) -> str | None:
@@ -228,6 +232,16 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys (task, model, data, method, train)")
     return data
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The keys where two config dicts differ, as "train.epochs 3 → 5"."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')} {old!r} → {new!r}"]
 
 
 def load_config(source: str | Path | dict | None = None, overrides: list[str] | dict | None = None) -> RunConfig:

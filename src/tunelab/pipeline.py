@@ -21,6 +21,7 @@ from .errors import ConfigError
 from .methods import METHODS, Method, TrainedMethod, count_parameters, head_modules
 from .tasks import Task, task_for
 from .training.batches import Batches
+from .training.checkpoint import Checkpoint
 from .training.loop import TrainState, train
 from .training.memory import enable_gradient_checkpointing
 from .training.precision import device, resolve
@@ -100,8 +101,10 @@ def prepare(cfg: RunConfig, splits: Splits, log: Callable[[str], None] = print) 
 
 
 def fit(cfg: RunConfig, splits: Splits, log: Callable[[str], None] = print,
-        adapted: Adapted | None = None) -> Adapted:
-    """Adapt the model to the training split with the configured method (prepared here unless given)."""
+        adapted: Adapted | None = None, checkpoint: Checkpoint | None = None, resume: bool = False) -> Adapted:
+    """Adapt the model to the training split with the configured method (prepared here unless given).
+
+    Trained methods save a `checkpoint` as they go (when given); `resume` continues from it."""
     adapted = adapted or prepare(cfg, splits, log)
     metric = cfg.train.early_stopping.metric or adapted.task.default_metric
     method = adapted.method
@@ -118,7 +121,7 @@ def fit(cfg: RunConfig, splits: Splits, log: Callable[[str], None] = print,
     lr = cfg.train.learning_rate or method.default_learning_rate
     train_batches = Batches(adapted.task, adapted.tokenizer, splits.train, splits.labels, cfg.data.max_length)
     adapted.state = train(adapted.model, train_batches, lambda: adapted.evaluate(splits.validation), cfg.train, lr,
-                          metric, adapted.task.better, adapted.precision, device(), log)
+                          metric, adapted.task.better, adapted.precision, device(), log, checkpoint, resume)
     adapted.model.eval()
     return adapted
 

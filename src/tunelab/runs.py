@@ -1,8 +1,11 @@
 """Run folders: written aside under a temporary name and renamed when complete, so a crash never
-leaves a half-written run, and an existing run is never overwritten silently."""
+leaves a half-written run, and an existing run is never overwritten silently. What a killed process
+could not clean up (its temporary folder) is removed by the next run of the same name."""
 from __future__ import annotations
 
+import glob
 import json
+import os
 import platform
 import re
 import shutil
@@ -36,7 +39,10 @@ class RunWriter:
         self.overwrite = overwrite
         check_free(folder, overwrite)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+        _remove_orphans(folder)
+        # The process id in the name tells a live run's folder from one whose process was killed (`kill -9`,
+        # out of memory), which no cleanup could remove.
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-{os.getpid()}-", dir=folder.parent))
 
     def path(self, name: str) -> Path:
         return self.tmp / name
@@ -66,6 +72,24 @@ class RunWriter:
 
     def discard(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _remove_orphans(folder: Path) -> None:
+    """Removes the partial folders of this run name left by processes that no longer exist."""
+    for tmp in folder.parent.glob(f".{glob.escape(folder.name)}.partial-*"):
+        pid = tmp.name[len(f".{folder.name}.partial-"):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _plain(value: Any) -> Any:

@@ -26,19 +26,20 @@ class Batches:
         return len(self.features)
 
     def iterate(self, batch_size: int, generator: torch.Generator | None = None,
-                group_by_length: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+                group_by_length: bool = False, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """Batches in order, or shuffled by `generator` (seeded: the same seed gives the same order).
 
         `group_by_length` (with a generator), as Hugging Face Trainer's option of that name: the shuffled order is
         cut into mega-batches of 50 batches, each sorted longest first, so a batch holds inputs of similar length
-        and pads less; the order stays random from one mega-batch to the next."""
+        and pads less; the order stays random from one mega-batch to the next. `skip` leaves out the first batches
+        of that order (a run resumed mid-epoch), without collating them."""
         order = torch.randperm(len(self), generator=generator).tolist() if generator is not None \
             else list(range(len(self)))
         if group_by_length and generator is not None:
             mega = 50 * batch_size
             order = [i for start in range(0, len(order), mega)
                      for i in sorted(order[start:start + mega], key=lambda i: -len(self.features[i]["input_ids"]))]
-        for start in range(0, len(order), batch_size):
+        for start in range(skip * batch_size, len(order), batch_size):
             yield self.batch(order[start:start + batch_size])
 
     def batch(self, idx: list[int]) -> dict[str, torch.Tensor]:

@@ -3,13 +3,14 @@
 Our own loop rather than the Hugging Face `Trainer`: it is ~150 lines that read top to bottom,
 it pads each batch to its own length, and every piece of state that an exact resume needs
 (optimizer, scheduler, RNG, position, early-stopping state) is in plain sight in `TrainState`
-and `state_dict()`. `bench/train_speed.py` measures it against `Trainer` on the same model.
+and goes into the checkpoint (`checkpoint.py`). `bench/train_speed.py` measures it against
+`Trainer` on the same model.
 """
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -21,6 +22,7 @@ from transformers import get_scheduler
 from ..config import TrainConfig
 from ..errors import TrainingError
 from .batches import Batches
+from .checkpoint import Checkpoint
 from .precision import autocast
 
 
@@ -31,9 +33,12 @@ class TrainState:
     step: int = 0  # optimisation steps completed
     best_value: float | None = None
     best_epoch: int = 0
+    best_step: int = 0
     evals_without_improvement: int = 0
     stopped_early: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_at_step: int | None = None  # set when the run continued from a checkpoint
+    seconds_before_resume: float = 0.0  # training time spent before that, in the interrupted process(es)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -91,10 +96,12 @@ def _n_targets(batch: dict[str, torch.Tensor]) -> int:
 
 def train(model: nn.Module, train_batches: Batches, evaluate: Callable[[], dict[str, float]], cfg: TrainConfig,
           learning_rate: float, metric: str, better: Callable[[str, float, float | None], bool],
-          precision: str, device: torch.device, log: Callable[[str], None] = print) -> TrainState:
+          precision: str, device: torch.device, log: Callable[[str], None] = print,
+          checkpoint: Checkpoint | None = None, resume: bool = False) -> TrainState:
     """Train `model` in place; `evaluate()` returns validation metrics (with `loss`) after each epoch.
 
-    At the end the weights of the best evaluation are restored.
+    At the end the weights of the best evaluation are restored. With a `checkpoint`, the loop saves one every
+    `cfg.checkpoint_every` steps and after each evaluation; `resume` starts from the saved one.
     """
     torch.manual_seed(cfg.seed)
     model.to(device)
@@ -108,15 +115,36 @@ def train(model: nn.Module, train_batches: Batches, evaluate: Callable[[], dict[
     state = TrainState()
     best_weights = _copy_trainable(model)
     running, since_log = 0.0, 0  # mean training loss since the last history record
+    skip, epoch_rng = 0, shuffle.get_state()  # batches of the epoch already trained; the order's seed state
+    loop_started, seconds_before = time.time(), 0.0
 
-    for epoch in range(cfg.epochs):
+    def save_checkpoint(batches_done: int) -> None:
+        checkpoint.save(model, optimizer, scheduler, shuffle, epoch_rng, batches_done, (running, since_log),
+                        asdict(state), best_weights, total_steps, seconds_before + time.time() - loop_started)
+
+    if resume:
+        saved = checkpoint.load(model, optimizer, scheduler, shuffle)
+        state = TrainState(**saved["train"])
+        state.resumed_at_step = state.step
+        state.seconds_before_resume = seconds_before = saved["seconds"]
+        if saved["best_weights"] is not None:
+            best_weights = {n: t.to(device) for n, t in saved["best_weights"].items()}
+        running, since_log = saved["running"]
+        skip, epoch_rng = saved["batches_done"], saved["epoch_rng"]
+        log(f"resumed from the checkpoint at step {state.step} of {total_steps} (epoch {state.epoch + 1})")
+
+    for epoch in range(state.epoch, 0 if state.stopped_early else cfg.epochs):
         model.train()
+        if skip:  # mid-epoch: the same order as before the interruption, less the batches already trained
+            shuffle.set_state(epoch_rng)
+        else:
+            epoch_rng = shuffle.get_state()
         # A live bar on a terminal only: in logs and CI it would be thousands of carriage returns.
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="step",
-                   disable=not sys.stderr.isatty())
+        bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   unit="step", disable=not sys.stderr.isatty())
         # Without the bar (a log file, nohup, CI), a line at each fifth of an epoch says the run is alive.
-        every, started, done = (max(1, steps_per_epoch // 5) if bar.disable else 0), time.time(), 0
-        for batch in train_batches.iterate(cfg.batch_size, shuffle, cfg.group_by_length):
+        every, started, done = (max(1, steps_per_epoch // 5) if bar.disable else 0), time.time(), skip
+        for batch in train_batches.iterate(cfg.batch_size, shuffle, cfg.group_by_length, skip=skip):
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(precision, device):
                 loss = model(**batch).loss
@@ -137,13 +165,16 @@ def train(model: nn.Module, train_batches: Batches, evaluate: Callable[[], dict[
             done += 1
             if every and done % every == 0 and done < steps_per_epoch:
                 log(f"epoch {epoch + 1}/{cfg.epochs}: step {done}/{steps_per_epoch}, loss {loss_value:.4f}, "
-                    f"{(time.time() - started) / done:.2f} s/step")
+                    f"{(time.time() - started) / (done - skip):.2f} s/step")
             if state.step % cfg.log_every == 0:
                 state.history.append({"step": state.step, "epoch": state.step / steps_per_epoch,
                                       "train_loss": running / since_log, "learning_rate": scheduler.get_last_lr()[0],
                                       "time": time.time()})
                 running, since_log = 0.0, 0
+            if checkpoint and checkpoint.every and state.step % checkpoint.every == 0 and done < steps_per_epoch:
+                save_checkpoint(done)
         bar.close()
+        skip = 0
         state.epoch = epoch + 1
         if since_log:  # the epoch's last steps (all of a run shorter than log_every): its curve must not be empty
             state.history.append({"step": state.step, "epoch": state.epoch, "train_loss": running / since_log,
@@ -159,13 +190,17 @@ def train(model: nn.Module, train_batches: Batches, evaluate: Callable[[], dict[
             + ("  (best so far)" if improved else ""))
         if improved:
             state.best_value, state.best_epoch, state.evals_without_improvement = value, state.epoch, 0
+            state.best_step = state.step
             best_weights = _copy_trainable(model)
         else:
             state.evals_without_improvement += 1
             if cfg.early_stopping.patience and state.evals_without_improvement >= cfg.early_stopping.patience:
                 state.stopped_early = True
                 log(f"early stopping: no {metric} improvement for {cfg.early_stopping.patience} evaluation(s)")
-                break
+        if checkpoint and checkpoint.every:  # after the evaluation: a crash while testing resumes with no training
+            save_checkpoint(0)
+        if state.stopped_early:
+            break
 
     _restore(model, best_weights)
     if state.best_epoch != state.epoch:
