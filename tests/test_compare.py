@@ -148,3 +148,35 @@ def test_an_interrupted_comparison_stops_the_method_and_leaves_no_temporary_conf
         compare(tiny_config("lora"), ["lora"], output=tmp_path / "cmp", name="c", log=lambda _: None)
     runs = tmp_path / "cmp" / "c" / "runs"
     assert Training.terminated and not list(runs.glob(".*.yaml")), list(runs.iterdir())
+
+
+def test_a_comparison_resumes_a_method_interrupted_in_an_earlier_one(tiny_config, tmp_path, monkeypatch):
+    """The first comparison was killed while LoRA trained: running it again goes on from LoRA's checkpoint."""
+    import torch
+
+    from tunelab.api import train
+    from tunelab.comparison import method_config
+    base = tiny_config("lora")
+    base["train"]["checkpoint_every"] = 4
+    folder = tmp_path / "cmp" / "c"
+    real = torch.optim.AdamW.step
+
+    def killed_at_step_7(self, *args, **kwargs):
+        if killed_at_step_7.steps == 6:
+            raise KeyboardInterrupt
+        killed_at_step_7.steps += 1
+        return real(self, *args, **kwargs)
+    killed_at_step_7.steps = 0
+    with monkeypatch.context() as m:
+        m.setattr(torch.optim.AdamW, "step", killed_at_step_7)
+        with pytest.raises(KeyboardInterrupt):
+            train(method_config(base, "lora", folder), log=lambda _: None)
+    assert (folder / "runs" / ".lora.checkpoint").is_dir()
+    logs: list[str] = []
+    result = compare(base, ["lora"], output=tmp_path / "cmp", name="c", log=logs.append)
+    assert result["rows"][0]["status"] == "ok", result["rows"][0]
+    assert any("resuming from its checkpoint" in line for line in logs), logs
+    assert any("resumed from the checkpoint at step 4 of 18" in line for line in logs), logs
+    metrics = json.loads((folder / "runs" / "lora" / "metrics.json").read_text())
+    assert metrics["resumed_at_step"] == 4
+    assert not (folder / "runs" / ".lora.checkpoint").exists()

@@ -17,10 +17,11 @@ from typing import Any, Callable
 
 import yaml
 
-from .config import RunConfig, _merge, load_config
+from .config import RunConfig, _merge, differences, load_config
 from .errors import ConfigError, TunelabError
 from .methods import METHODS
 from .recommend import recommend_measured
+from .training.checkpoint import checkpoint_folder
 
 
 def default_methods(cfg: RunConfig) -> list[str]:
@@ -113,13 +114,16 @@ def _run_method(method: str, cfg: RunConfig, folder: Path, overwrite: bool, log)
         if had == wanted:
             log(f"  reusing the finished run {run}")
             return _row(method, run)
-        changed = _differences(had, wanted)
+        changed = differences(had, wanted)
         raise TunelabError(f"{run} was trained with another config ({'; '.join(changed[:3])}); pass --name NEW for a "
                            f"new comparison, or --overwrite to retrain")
     config_path = folder / "runs" / f".{method}.yaml"
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump(wanted, sort_keys=False))
     command = [sys.executable, "-m", "tunelab.cli", "train", str(config_path)] + (["--overwrite"] if overwrite else [])
+    if checkpoint_folder(run).is_dir():  # the method was interrupted in an earlier comparison: go on from there
+        command.append("--resume")
+        log(f"  resuming from its checkpoint in {checkpoint_folder(run)}")
     started = time.time()
     log_path = folder / "runs" / f"{method}.log"
     with log_path.open("w") as log_file:
@@ -177,15 +181,6 @@ def _row(method: str, run: Path) -> dict[str, Any]:
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(old) | set(new)):
-            out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
-        return out
-    return [] if old == new else [f"{prefix.rstrip('.')} {old!r} → {new!r}"]
 
 
 def shown_metrics(comparison: dict[str, Any]) -> list[str]:
