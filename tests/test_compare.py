@@ -33,6 +33,10 @@ def test_compare_records_failures_and_reuses_finished_runs(tiny_config, tmp_path
 
     with pytest.raises(TunelabError, match=r"was trained with another config \(train.epochs 2 → 1\)"):
         compare(cfg, ["lora"], ["train.epochs=1"], output=tmp_path / "cmp", name="c", log=logs.append)
+    # How often checkpoints are written changes nothing the run learned: the run is reused.
+    logs.clear()
+    compare(cfg, ["lora"], ["train.checkpoint_every=7"], output=tmp_path / "cmp", name="c", log=logs.append)
+    assert any("reusing the finished run" in line for line in logs)
 
     # A run saved before an option existed (its config.yaml lacks the key) matches when the option is at its default.
     import yaml

@@ -111,10 +111,10 @@ def _run_method(method: str, cfg: RunConfig, folder: Path, overwrite: bool, log)
     wanted = cfg.to_dict()
     if (run / "metrics.json").is_file() and not overwrite:
         had = _as_now(yaml.safe_load((run / "config.yaml").read_text()))
-        if had == wanted:
+        changed = differences(had, wanted)
+        if not changed:
             log(f"  reusing the finished run {run}")
             return _row(method, run)
-        changed = differences(had, wanted)
         raise TunelabError(f"{run} was trained with another config ({'; '.join(changed[:3])}); pass --name NEW for a "
                            f"new comparison, or --overwrite to retrain")
     config_path = folder / "runs" / f".{method}.yaml"

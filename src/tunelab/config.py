@@ -234,14 +234,19 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# Keys that change how a run is carried out, never what it learns: a run may be reused or resumed across them.
+NO_EFFECT_ON_RESULTS = ("train.checkpoint_every",)
+
+
 def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """The keys where two config dicts differ, as "train.epochs 3 → 5"."""
+    """The keys where two config dicts differ in a way that changes the results, as "train.epochs 3 → 5"."""
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for key in sorted(set(old) | set(new)):
             out += differences(old.get(key), new.get(key), f"{prefix}{key}.")
         return out
-    return [] if old == new else [f"{prefix.rstrip('.')} {old!r} → {new!r}"]
+    key = prefix.rstrip(".")
+    return [] if old == new or key in NO_EFFECT_ON_RESULTS else [f"{key} {old!r} → {new!r}"]
 
 
 def load_config(source: str | Path | dict | None = None, overrides: list[str] | dict | None = None) -> RunConfig:

@@ -92,7 +92,9 @@ def test_a_crash_after_training_resumes_without_training_again(tiny_config, monk
             train(cfg, log=lambda _: None)
     with monkeypatch.context() as m:
         _crash_at_step(m, 1)  # any training step would crash now
-        resumed = train(cfg, resume=True, log=lambda _: None)
+        logs: list[str] = []
+        resumed = train(cfg, resume=True, log=logs.append)
+    assert "resumed from the checkpoint at step 27 of 27 (training had finished)" in logs
     assert resumed["resumed_at_step"] == 27
     assert resumed["test"] == straight["test"]
     runs = Path(cfg["output"])

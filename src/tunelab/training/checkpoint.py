@@ -62,7 +62,7 @@ class Checkpoint:
             saved = load_config(saved).to_dict()  # options added since it was written, at their defaults
         except TunelabError:
             pass
-        changed = [c for c in differences(saved, self.config) if not c.startswith("train.checkpoint_every ")]
+        changed = differences(saved, self.config)
         if changed:
             raise TunelabError(f"cannot resume {self.folder}: it was trained with another config "
                                f"({'; '.join(changed[:3])}); restore those keys, or delete that folder to start over")
@@ -79,7 +79,10 @@ class Checkpoint:
             # The best weights change only at an evaluation: between two, link the saved file instead of rewriting
             # it (a whole model's copy for full fine-tuning).
             if self.best_step == train_state["best_step"] and (self.folder / BEST).is_file():
-                os.link(self.folder / BEST, tmp / BEST)
+                try:
+                    os.link(self.folder / BEST, tmp / BEST)
+                except OSError:  # a file system without hard links
+                    shutil.copy2(self.folder / BEST, tmp / BEST)
             else:
                 save_file({n: t.cpu().contiguous() for n, t in best_weights.items()}, tmp / BEST)
         tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state(), "rng.shuffle": shuffle.get_state(),

@@ -131,7 +131,9 @@ def train(model: nn.Module, train_batches: Batches, evaluate: Callable[[], dict[
             best_weights = {n: t.to(device) for n, t in saved["best_weights"].items()}
         running, since_log = saved["running"]
         skip, epoch_rng = saved["batches_done"], saved["epoch_rng"]
-        log(f"resumed from the checkpoint at step {state.step} of {total_steps} (epoch {state.epoch + 1})")
+        finished = state.stopped_early or state.epoch == cfg.epochs
+        log(f"resumed from the checkpoint at step {state.step} of {total_steps} "
+            + ("(training had finished)" if finished else f"(epoch {state.epoch + 1})"))
 
     for epoch in range(state.epoch, 0 if state.stopped_early else cfg.epochs):
         model.train()
