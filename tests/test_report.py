@@ -200,10 +200,27 @@ def test_prompt_table_shows_fields_that_only_some_candidates_have(tmp_path):
 
 def test_a_log_time_axis_is_labelled_in_round_durations():
     """Across one decade matplotlib labelled 2×10², 3×10² … beside "16.7 min"; the ticks are durations people say."""
-    from tunelab.report.plots import quality_vs_cost_figure
     points = [Point("prompt", 182, 0.818, "C0"), Point("lora", 1984, 0.869, "C1"), Point("adapter", 1143, 0.858, "C2"),
               Point("full", 1745, 0.871, "C3")]
-    ax = quality_vs_cost_figure(points, "f1", False, "time").axes[0]
+    assert _time_ticks(points) == ["2 min", "5 min", "10 min", "20 min"]  # 30 min would touch 20 min
+
+
+def test_time_tick_labels_never_run_into_each_other():
+    """The translation comparison (98 s to 1572 s) drew "20 min30 min" as one word."""
+    points = [Point("prompt", 98, 14.9, "C0"), Point("lora", 1572, 25.7, "C1"), Point("adapter", 956, 22.5, "C2"),
+              Point("full", 1361, 22.9, "C3")]
+    assert _time_ticks(points) == ["1 min", "2 min", "5 min", "10 min", "20 min"]
+    for spread in (30, 100, 300, 1000, 3000):
+        _time_ticks([Point("a", 60, 0.5, "C0"), Point("b", 60 * spread, 0.7, "C1")])  # asserts no overlap
+
+
+def _time_ticks(points) -> list[str]:
+    from tunelab.report.plots import quality_vs_cost_figure
+    fig = quality_vs_cost_figure(points, "f1", False, "time")
+    ax = fig.axes[0]
     lo, hi = ax.get_xlim()
-    shown = [t.get_text() for t in ax.get_xticklabels(which="both") if t.get_text() and lo <= t.get_position()[0] <= hi]
-    assert shown == ["2 min", "5 min", "10 min", "20 min", "30 min"], shown
+    labels = [t for t in ax.get_xticklabels(which="both") if t.get_text() and lo <= t.get_position()[0] <= hi]
+    boxes = [t.get_window_extent(fig.canvas.get_renderer()) for t in labels]
+    for left, right in zip(boxes, boxes[1:]):
+        assert left.x1 < right.x0, [t.get_text() for t in labels]
+    return [t.get_text() for t in labels]

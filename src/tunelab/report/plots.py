@@ -131,8 +131,28 @@ def quality_vs_cost_figure(points: list[Point], metric: str, lower_is_better: bo
     ax.grid(True, alpha=0.3, which="major")
     legend = ax.legend(loc="best", fontsize=8, frameon=False)
     fig.draw_without_rendering()  # fixes the limits and the legend, so labels can be measured against them
+    if cost == "time" and log_x:
+        _drop_crowded_ticks(ax)
     _label_points(ax, shown, log_x, cost, points, [legend])
     return fig
+
+
+def _drop_crowded_ticks(ax) -> None:
+    """Keeps a round-duration tick only where its label clears the last kept one: across 1.5 decades "20 min" and
+    "30 min" ran into each other ("20 min30 min")."""
+    renderer = ax.figure.canvas.get_renderer()
+    lo, hi = sorted(ax.get_xlim())
+    kept, right = [], -math.inf
+    for label in ax.get_xticklabels():
+        x = label.get_position()[0]
+        if not (lo <= x <= hi and label.get_text()):
+            continue
+        box = label.get_window_extent(renderer)
+        if box.x0 > right + 6:  # pixels of space between two labels
+            kept.append(x)
+            right = box.x1
+    ax.xaxis.set_major_locator(FixedLocator(kept))
+    ax.figure.draw_without_rendering()
 
 
 def _label_points(ax, shown: list[Point], log_x: bool, cost: str, original: list[Point], placed: list) -> None:
