@@ -20,6 +20,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from ..config import differences, load_config
 from ..errors import TunelabError
 
 WEIGHTS, BEST, STATE, TENSORS, CONFIG = ("weights.safetensors", "best.safetensors", "trainer_state.json",
@@ -46,14 +47,13 @@ class Checkpoint:
         return (self.folder / STATE).is_file()
 
     def summary(self) -> str:
-        """"step 120 of 642, saved 2026-11-29 19:40" for messages."""
+        """For messages: 'step 120 of 642, saved 2026-11-29 19:40'."""
         state = json.loads((self.folder / STATE).read_text())
         saved = time.strftime("%Y-%m-%d %H:%M", time.localtime(state["saved_at"]))
         return f"step {state['train']['step']} of {state['total_steps']}, saved {saved}"
 
     def check_resumable(self) -> None:
         """The checkpoint exists and was written by this very config; anything else is a one-line error."""
-        from ..config import differences, load_config
         if not self.exists():
             raise TunelabError(f"nothing to resume: {self.folder} holds no checkpoint (a run writes one every "
                                f"train.checkpoint_every steps and at each epoch's end); drop --resume to start")
