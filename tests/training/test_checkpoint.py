@@ -32,8 +32,22 @@ def _crash_at_step(monkeypatch, step: int) -> None:
     monkeypatch.setattr(torch.optim.AdamW, "step", step_or_crash)
 
 
-def _crash(*args, **kwargs):
-    raise Crash("killed after training")
+def _train_until_crash_at_step(monkeypatch, cfg: dict, step: int, **kwargs) -> None:
+    """Trains `cfg` (api.train's keywords in `kwargs`) until it is killed before its `step`-th optimizer step."""
+    with monkeypatch.context() as m:
+        _crash_at_step(m, step)
+        with pytest.raises(Crash):
+            train(cfg, log=lambda _: None, **kwargs)
+
+
+def _train_until_crash_after_training(monkeypatch, cfg: dict) -> None:
+    """Trains `cfg` and is killed once the test split is predicted (in the diagnostics that follow)."""
+    def crash(*args, **kwargs):
+        raise Crash("killed after training")
+    with monkeypatch.context() as m:
+        m.setattr("tunelab.api._diagnostics", crash)
+        with pytest.raises(Crash):
+            train(cfg, log=lambda _: None)
 
 
 def _config(tiny_config, method: str, name: str, **train_keys) -> dict:
@@ -61,10 +75,7 @@ def test_a_run_resumed_mid_epoch_ends_exactly_as_an_uninterrupted_one(tiny_confi
     straight = train(_config(tiny_config, method, "straight"), log=lambda _: None)
 
     cfg = _config(tiny_config, method, "resumed")
-    with monkeypatch.context() as m:
-        _crash_at_step(m, 14)
-        with pytest.raises(Crash):
-            train(cfg, log=lambda _: None)
+    _train_until_crash_at_step(monkeypatch, cfg, 14)
     runs = Path(cfg["output"])
     assert not (runs / "resumed").exists()
     assert (runs / ".resumed.checkpoint" / "trainer_state.json").is_file()
@@ -86,10 +97,7 @@ def test_a_crash_after_training_resumes_without_training_again(tiny_config, monk
     """Killed while predicting the test split (minutes of generation for a decoder): no step is repeated."""
     straight = train(_config(tiny_config, "lora", "straight"), log=lambda _: None)
     cfg = _config(tiny_config, "lora", "late")
-    with monkeypatch.context() as m:
-        m.setattr("tunelab.api._diagnostics", _crash)  # it runs after the test split's predictions
-        with pytest.raises(Crash):
-            train(cfg, log=lambda _: None)
+    _train_until_crash_after_training(monkeypatch, cfg)
     with monkeypatch.context() as m:
         _crash_at_step(m, 1)  # any training step would crash now
         logs: list[str] = []
@@ -107,10 +115,7 @@ def test_an_early_stopped_run_resumes_as_stopped(tiny_config, monkeypatch):
     straight = train(_config(tiny_config, "full", "straight", **keys), log=lambda _: None)
     assert straight["stopped_early"]
     cfg = _config(tiny_config, "full", "stopped", **keys)
-    with monkeypatch.context() as m:
-        m.setattr("tunelab.api._diagnostics", _crash)
-        with pytest.raises(Crash):
-            train(cfg, log=lambda _: None)
+    _train_until_crash_after_training(monkeypatch, cfg)
     resumed = train(cfg, resume=True, log=lambda _: None)
     assert resumed["stopped_early"] and resumed["epochs_run"] == straight["epochs_run"]
     assert resumed["best_epoch"] == straight["best_epoch"]
@@ -120,29 +125,20 @@ def test_an_early_stopped_run_resumes_as_stopped(tiny_config, monkeypatch):
 def test_checkpoints_are_plain_files(tiny_config, monkeypatch):
     """Nothing is unpickled on resume: tensors in safetensors, the rest in JSON and YAML."""
     cfg = _config(tiny_config, "lora", "plain")
-    with monkeypatch.context() as m:
-        _crash_at_step(m, 6)
-        with pytest.raises(Crash):
-            train(cfg, log=lambda _: None)
+    _train_until_crash_at_step(monkeypatch, cfg, 6)
     folder = Path(cfg["output"]) / ".plain.checkpoint"
     assert sorted(p.suffix for p in folder.iterdir()) == [".json", ".safetensors", ".safetensors", ".yaml"]
     state = json.loads((folder / "trainer_state.json").read_text())
     assert state["train"]["step"] == 4 and state["batches_done"] == 4 and state["total_steps"] == 27
     # Before the first evaluation there are no best weights to keep; after it, they are saved too.
-    with monkeypatch.context() as m:
-        _crash_at_step(m, 11)
-        with pytest.raises(Crash):
-            train(cfg, resume=True, log=lambda _: None)
+    _train_until_crash_at_step(monkeypatch, cfg, 11, resume=True)
     assert (folder / "best.safetensors").is_file()
     assert not list(Path(cfg["output"]).glob(".plain.checkpoint.*")), "a temporary checkpoint folder was left"
 
 
 def test_starting_over_on_a_checkpoint_is_refused(tiny_config, monkeypatch):
     cfg = _config(tiny_config, "lora", "kept")
-    with monkeypatch.context() as m:
-        _crash_at_step(m, 6)
-        with pytest.raises(Crash):
-            train(cfg, log=lambda _: None)
+    _train_until_crash_at_step(monkeypatch, cfg, 6)
     with pytest.raises(TunelabError, match=r"\.kept\.checkpoint holds an interrupted run of this name \(step 4 of 27, "
                                            r"saved .*\); pass --resume to continue it, or delete that folder"):
         train(cfg, log=lambda _: None)
@@ -162,8 +158,5 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tiny_config):
 
 def test_checkpoint_every_0_writes_none(tiny_config, monkeypatch):
     cfg = _config(tiny_config, "lora", "none", checkpoint_every=0)
-    with monkeypatch.context() as m:
-        _crash_at_step(m, 14)
-        with pytest.raises(Crash):
-            train(cfg, log=lambda _: None)
+    _train_until_crash_at_step(monkeypatch, cfg, 14)
     assert not list(Path(cfg["output"]).iterdir())
