@@ -116,17 +116,18 @@ def train(model: nn.Module, train_batches: Batches, evaluate: Callable[[], dict[
     best_weights = _copy_trainable(model)
     running, since_log = 0.0, 0  # mean training loss since the last history record
     skip, epoch_rng = 0, shuffle.get_state()  # batches of the epoch already trained; the order's seed state
-    loop_started, seconds_before = time.time(), 0.0
+    loop_started = time.time()
 
     def save_checkpoint(batches_done: int) -> None:
         checkpoint.save(model, optimizer, scheduler, shuffle, epoch_rng, batches_done, (running, since_log),
-                        asdict(state), best_weights, total_steps, seconds_before + time.time() - loop_started)
+                        asdict(state), best_weights, total_steps,
+                        state.seconds_before_resume + time.time() - loop_started)
 
     if resume:
         saved = checkpoint.load(model, optimizer, scheduler, shuffle)
         state = TrainState(**saved["train"])
         state.resumed_at_step = state.step
-        state.seconds_before_resume = seconds_before = saved["seconds"]
+        state.seconds_before_resume = saved["seconds"]
         if saved["best_weights"] is not None:
             best_weights = {n: t.to(device) for n, t in saved["best_weights"].items()}
         running, since_log = saved["running"]
