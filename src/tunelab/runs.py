@@ -4,11 +4,13 @@ could not clean up (its temporary folder) is removed by the next run of the same
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import platform
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -40,9 +42,9 @@ class RunWriter:
         check_free(folder, overwrite)
         folder.parent.mkdir(parents=True, exist_ok=True)
         _remove_orphans(folder)
-        # The process id in the name tells a live run's folder from one whose process was killed (`kill -9`,
-        # out of memory), which no cleanup could remove.
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-{os.getpid()}-", dir=folder.parent))
+        # The process id (and host) in the name tells a live run's folder from one whose process was killed
+        # (`kill -9`, out of memory), which no cleanup could remove.
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-{_owner()}-", dir=folder.parent))
 
     def path(self, name: str) -> Path:
         return self.tmp / name
@@ -74,11 +76,18 @@ class RunWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _owner() -> str:
+    """'PID.HOST': a folder on a shared file system may belong to a live process of another machine."""
+    host = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+    return f"{os.getpid()}.{host}"
+
+
 def _remove_orphans(folder: Path) -> None:
-    """Removes the partial folders of this run name left by processes that no longer exist."""
+    """Removes the partial folders of this run name left by processes of this machine that no longer exist."""
+    host = _owner().split(".")[1]
     for tmp in folder.parent.glob(f".{glob.escape(folder.name)}.partial-*"):
-        pid = tmp.name[len(f".{folder.name}.partial-"):].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        pid, _, its_host = tmp.name[len(f".{folder.name}.partial-"):].split("-")[0].partition(".")
+        if pid.isdigit() and its_host == host and not _alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
