@@ -93,6 +93,18 @@ def test_a_run_resumed_mid_epoch_ends_exactly_as_an_uninterrupted_one(tiny_confi
     assert not (runs / ".resumed.checkpoint").exists(), "the checkpoint outlived the finished run"
 
 
+def test_a_resumed_runs_fit_time_includes_the_training_before_the_interruption(tiny_config, monkeypatch):
+    """The comparison's time axis and the budget check read `fit_seconds`: a resume must not reset it to zero."""
+    cfg = _config(tiny_config, "lora", "timed")
+    _train_until_crash_at_step(monkeypatch, cfg, 14)
+    state_file = Path(cfg["output"]) / ".timed.checkpoint" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state["seconds"] = 1000.0  # as if the first 12 steps had taken 1000 s
+    state_file.write_text(json.dumps(state))
+    resumed = train(cfg, resume=True, log=lambda _: None)
+    assert 1000.0 <= resumed["time"]["fit_seconds"] < 1000.0 + 300
+
+
 def test_a_crash_after_training_resumes_without_training_again(tiny_config, monkeypatch):
     """Killed while predicting the test split (minutes of generation for a decoder): no step is repeated."""
     straight = train(_config(tiny_config, "lora", "straight"), log=lambda _: None)
