@@ -34,6 +34,15 @@ def test_ties_go_to_the_cheaper_method():
     assert "with 1.0% of its trainable weights in 33% of the time" in rec["text"]
 
 
+def test_a_tie_just_below_the_best_never_reads_as_100_percent():
+    """The demo printed "LoRA reaches 100% of bottleneck adapters' validation f1 (0.8058 vs 0.8088)"."""
+    rows = [row("lora", 0.8058, 222_338, 78), row("adapter", 0.8088, 374_690, 66)]
+    rec = recommend_measured(comparison(rows), CLS)
+    assert rec["method"] == "lora"
+    assert "reaches 99.6% of bottleneck adapters' validation f1 (0.8058 vs 0.8088)" in rec["text"]
+    assert "so the method with fewer trainable weights wins" in rec["text"]
+
+
 def test_budget_leaves_methods_out_and_failures_are_named():
     rows = [row("lora", 0.80, 10**5, 100), row("full", 0.84, 10**7, 900, memory=5000),
             {"method": "adapter", "family": "peft", "status": "failed", "reason": "boom"}]

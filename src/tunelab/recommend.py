@@ -68,7 +68,7 @@ def recommend_measured(comparison: dict[str, Any], task) -> dict[str, Any]:
                              + ".")
     else:
         sentences.append(f"{cap(label(chosen['method']))} " + _relative(chosen, best, metric, lower)
-                         + f" — within {tolerance:.3g} of the best, so the cheaper method wins.")
+                         + f" — within {tolerance:.3g} of the best, so the method with fewer trainable weights wins.")
     for method, why in excluded.items():
         sentences.append(f"{cap(label(method))} was left out by the budget ({why}).")
     failed = [r["method"] for r in comparison["rows"] if r["status"] != "ok"]
@@ -91,7 +91,9 @@ def _relative(a: dict[str, Any], b: dict[str, Any], metric: str, lower: bool) ->
         quality = f"has a validation {metric} of {va:.4f} against {possessive(label(b['method']))} {vb:.4f}"
     else:
         share = va / vb if vb else 0.0
-        quality = f"reaches {share:.0%} of {possessive(label(b['method']))} validation {metric} ({va:.4f} vs {vb:.4f})"
+        # A share just below 1 rounds to "100%", which reads as a draw: show the decimal that tells them apart.
+        digits = 1 if share != 1 and round(share, 2) == 1 else 0
+        quality = f"reaches {share:.{digits}%} of {possessive(label(b['method']))} validation {metric} ({va:.4f} vs {vb:.4f})"
     wa, wb = a["parameters"]["trainable"], b["parameters"]["trainable"]
     weights = "with no trainable weights" if wa == 0 else f"with {wa / max(1, wb):.1%} of its trainable weights"
     time_share = a["fit_seconds"] / max(1e-9, b["fit_seconds"])
