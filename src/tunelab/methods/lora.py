@@ -26,7 +26,9 @@ from .registry import register
 class LoraOptions:
     r: int = option(8, "Rank of the update B·A.", positive)
     alpha: float = option(16.0, "Scale numerator: the update is multiplied by alpha / r.", positive)
-    dropout: float = option(0.1, "Dropout on the LoRA branch's input.", fraction)
+    dropout: float = option(0.1, "Dropout on the LoRA branch's input. Above 0, each adapted layer keeps a "
+                            "dropped-out copy of its input for the backward pass; 0 saves that memory (README: "
+                            "8.3 → 6.5 GB peak for SmolLM2 translation).", fraction)
     target_modules: list[str] | None = option(None, "Names of the linear layers to adapt. Unset: peft's default "
                                               "for the architecture (query, value for BERT; q_proj, v_proj for "
                                               "Llama).")
