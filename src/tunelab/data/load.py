@@ -103,13 +103,18 @@ def _generation_examples(rows: list[tuple[str, dict[str, Any]]], cfg: DataConfig
             raise DataError(f"{file}: no column {col!r} (columns: {', '.join(map(str, first))}); set "
                             f"data.columns.messages to the column that holds the conversation")
         return [_conversation(origin, row.get(col), col, need_label) for origin, row in rows]
-    prompt_role = "source" if "source" in cols else "prompt"
-    answer_role = "target" if "target" in cols else "response"
+    if {"prompt", "source"} & set(cols):  # the config names the layout
+        pairs = "source" in cols
+    else:  # the file's own column names say it, as `messages` does above
+        pairs = "source" in first and "prompt" not in first
+    prompt_role, answer_role = ("source", "target") if pairs else ("prompt", "response")
     prompt_col, answer_col = cols.get(prompt_role, prompt_role), cols.get(answer_role, answer_role)
     for role, col in [(prompt_role, prompt_col)] + ([(answer_role, answer_col)] if need_label else []):
         if col not in first:
-            raise DataError(f"{file}: no column {col!r} (columns: {', '.join(map(str, first))}); set "
-                            f"data.columns.{role} to the column that holds the {role} (or give `messages`)")
+            other = {"prompt": "source", "response": "target", "source": "prompt", "target": "response"}[role]
+            raise DataError(f"{file}: no column {col!r} (columns: {', '.join(map(str, first))}); name it `{role}` "
+                            f"(or `{other}`), or set data.columns.{role} to the column that holds the {role} "
+                            f"(or give `messages`)")
     out = []
     for origin, row in rows:
         prompt, answer = row.get(prompt_col), row.get(answer_col)
