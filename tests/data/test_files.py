@@ -47,7 +47,7 @@ BAD = {
     "missing_file": Bad("missing.csv", None, ["`data.source`", "neither a built-in dataset (bbc_news, bible_parallel, chatterbot, "
                                               "rotten_tomatoes, tunelab_qa) nor an existing file"]),
     "missing_column": Bad("reviews.csv", "review,label\n" + csv_text(TWENTY).split("\n", 1)[1],
-                          ["no column 'text'", "columns: review, label", "data.columns.text"]),
+                          ["no column 'text'", "columns: review, label", "name it `text`", "data.columns.text"]),
     "empty_file": Bad("reviews.csv", "", ["the file is empty", "add examples"]),
     "blank_file": Bad("reviews.jsonl", "\n  \n\n", ["the file is empty", "add examples"]),
     "header_only": Bad("reviews.csv", "text,label\n", ["no example rows", "add examples"]),

@@ -61,7 +61,7 @@ def rows_to_examples(rows: list[tuple[str, dict[str, Any]]], cfg: DataConfig, la
     for role, col in needed:
         if col not in first:
             raise DataError(f"{file}: no column {col!r} (columns: {', '.join(map(str, first))}); "
-                            f"set data.columns.{role} to the column that holds the {role}")
+                            f"name it `{col}`, or set data.columns.{role} to the column that holds the {role}")
     out = []
     for origin, row in rows:
         text = row.get(text_col)
