@@ -82,7 +82,8 @@ class TrainConfig:
     early_stopping: EarlyStoppingConfig = option(doc="Stop when the validation metric stops improving; the best "
                                                  "weights are restored at the end.", factory=EarlyStoppingConfig)
     precision: Literal["auto", "fp32", "bf16"] = option("auto", "Compute precision. `auto`: bf16 autocast where "
-                                                        "the CPU/GPU runs it natively, else fp32.")
+                                                        "the GPU supports it or the CPU runs it faster than fp32 "
+                                                        "(timed once), else fp32.")
     seed: int = option(0, "Seed of initialisation, shuffling and dropout.")
     log_every: int = option(10, "Record the training loss every this many steps.", positive)
     group_by_length: bool = option(False, "Batch training inputs of similar length together (shuffled in groups of "

@@ -1,0 +1,45 @@
+"""`train.precision: auto` on CPU: bf16 only where this machine runs it faster than fp32."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunelab.training import precision
+
+
+@pytest.fixture
+def cpu(monkeypatch):
+    """A CPU whose bf16 instructions and linear-layer timings the test sets."""
+    def make(flags: bool, fp32_seconds: float = 1.0, bf16_seconds: float = 1.0):
+        precision.cpu_bf16_is_faster.cache_clear()
+        monkeypatch.setattr(precision, "cpu_has_bf16_instructions", lambda: flags)
+        monkeypatch.setattr(precision, "linear_seconds",
+                            lambda dtype: bf16_seconds if dtype == torch.bfloat16 else fp32_seconds)
+        return torch.device("cpu")
+    yield make
+    precision.cpu_bf16_is_faster.cache_clear()
+
+
+def test_auto_takes_bf16_where_it_is_measured_faster(cpu):
+    assert precision.resolve("auto", cpu(flags=True, fp32_seconds=3.0, bf16_seconds=1.0)) == "bf16"  # AMX hosts: ~3x
+
+
+def test_auto_keeps_fp32_where_bf16_instructions_run_slower(cpu):
+    # Seen on a Xeon with AVX512-BF16 but no AMX: bf16 linear layers took twice as long as fp32.
+    assert precision.resolve("auto", cpu(flags=True, fp32_seconds=1.0, bf16_seconds=2.0)) == "fp32"
+    assert precision.resolve("auto", cpu(flags=True, fp32_seconds=1.1, bf16_seconds=1.0)) == "fp32"  # noise-level gain
+
+
+def test_auto_keeps_fp32_without_bf16_instructions_and_times_nothing(cpu, monkeypatch):
+    cpu(flags=False)
+    monkeypatch.setattr(precision, "linear_seconds", lambda dtype: pytest.fail("timed a CPU without bf16"))
+    assert precision.resolve("auto", torch.device("cpu")) == "fp32"
+
+
+def test_an_explicit_precision_is_kept(cpu):
+    assert precision.resolve("bf16", cpu(flags=False)) == "bf16"
+    assert precision.resolve("fp32", cpu(flags=True, fp32_seconds=3.0, bf16_seconds=1.0)) == "fp32"
+
+
+def test_linear_seconds_times_a_real_layer():
+    assert 0 < precision.linear_seconds(torch.float32) < 5
