@@ -23,7 +23,7 @@ def test_best_validation_wins_and_the_test_split_is_never_looked_at():
     rec = recommend_measured(comparison(rows), CLS)
     assert rec["method"] == "full"
     assert "Full fine-tuning has the best validation f1 (0.8400)" in rec["text"]
-    assert "The best cheaper method, LoRA, reaches 95% of full fine-tuning's validation f1" in rec["text"]
+    assert "The best method with fewer trainable weights, LoRA, reaches 95% of full fine-tuning's validation f1" in rec["text"]
     assert "test split was not used" in rec["text"]
 
 

@@ -61,11 +61,12 @@ def recommend_measured(comparison: dict[str, Any], task) -> dict[str, Any]:
     sentences = []
     if chosen is best:
         sentences.append(f"{cap(label(chosen['method']))} has the best validation {metric} ({value(chosen):.4f}).")
-        cheaper = [r for r in candidates if r is not chosen and _cost(r) < _cost(chosen)]
-        if cheaper:
-            runner = min(cheaper, key=lambda r: (sign * value(r), *_cost(r), r["method"]))
-            sentences.append(f"The best cheaper method, {label(runner['method'])}, " + _relative(runner, chosen, metric, lower)
-                             + ".")
+        # "cheaper" would read as faster, and a method with fewer weights can take longer: name the measure.
+        smaller = [r for r in candidates if r["parameters"]["trainable"] < chosen["parameters"]["trainable"]]
+        if smaller:
+            runner = min(smaller, key=lambda r: (sign * value(r), *_cost(r), r["method"]))
+            sentences.append(f"The best method with fewer trainable weights, {label(runner['method'])}, "
+                             + _relative(runner, chosen, metric, lower) + ".")
     else:
         sentences.append(f"{cap(label(chosen['method']))} " + _relative(chosen, best, metric, lower)
                          + f" — within {tolerance:.3g} of the best, so the method with fewer trainable weights wins.")
