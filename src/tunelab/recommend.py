@@ -30,6 +30,11 @@ def cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def plural(method: str) -> bool:
+    """"bottleneck adapters" takes a plural verb."""
+    return label(method).endswith("s")
+
+
 def _within_budget(row: dict[str, Any], budget: dict[str, Any]) -> str | None:
     minutes, memory = budget.get("max_minutes"), budget.get("max_memory_mb")
     if minutes is not None and row["fit_seconds"] / 60 > minutes:
@@ -60,7 +65,8 @@ def recommend_measured(comparison: dict[str, Any], task) -> dict[str, Any]:
     chosen = min(tied, key=lambda r: (*_cost(r), r["method"]))
     sentences = []
     if chosen is best:
-        sentences.append(f"{cap(label(chosen['method']))} has the best validation {metric} ({value(chosen):.4f}).")
+        # Not "X has the best": "bottleneck adapters has" would not read.
+        sentences.append(f"Best validation {metric}: {label(chosen['method'])} ({value(chosen):.4f}).")
         # "cheaper" would read as faster, and a method with fewer weights can take longer: name the measure.
         smaller = [r for r in candidates if r["parameters"]["trainable"] < chosen["parameters"]["trainable"]]
         if smaller:
@@ -68,10 +74,11 @@ def recommend_measured(comparison: dict[str, Any], task) -> dict[str, Any]:
             sentences.append(f"The best method with fewer trainable weights, {label(runner['method'])}, "
                              + _relative(runner, chosen, metric, lower) + ".")
     else:
-        sentences.append(f"{cap(label(chosen['method']))} " + _relative(chosen, best, metric, lower)
+        sentences.append(f"{cap(label(chosen['method']))} "
+                         + _relative(chosen, best, metric, lower, plural(chosen["method"]))
                          + f" — within {tolerance:.3g} of the best, so the method with fewer trainable weights wins.")
     for method, why in excluded.items():
-        sentences.append(f"{cap(label(method))} was left out by the budget ({why}).")
+        sentences.append(f"{cap(label(method))} {'were' if plural(method) else 'was'} left out by the budget ({why}).")
     failed = [r["method"] for r in comparison["rows"] if r["status"] != "ok"]
     if failed:
         sentences.append(f"Failed: {', '.join(failed)}.")
@@ -85,16 +92,16 @@ def _cost(row: dict[str, Any]) -> tuple[int, float]:
     return (row["parameters"]["trainable"], row["fit_seconds"])
 
 
-def _relative(a: dict[str, Any], b: dict[str, Any], metric: str, lower: bool) -> str:
+def _relative(a: dict[str, Any], b: dict[str, Any], metric: str, lower: bool, plural_subject: bool = False) -> str:
     """"reaches 98% of full fine-tuning's f1 with 1.1% of its trainable weights in 45% of the time"."""
     va, vb = a["validation"][metric], b["validation"][metric]
     if lower:
-        quality = f"has a validation {metric} of {va:.4f} against {possessive(label(b['method']))} {vb:.4f}"
+        quality = f"{'have' if plural_subject else 'has'} a validation {metric} of {va:.4f} against {possessive(label(b['method']))} {vb:.4f}"
     else:
         share = va / vb if vb else 0.0
         # A share just below 1 rounds to "100%", which reads as a draw: show the decimal that tells them apart.
         digits = 1 if share != 1 and round(share, 2) == 1 else 0
-        quality = f"reaches {share:.{digits}%} of {possessive(label(b['method']))} validation {metric} ({va:.4f} vs {vb:.4f})"
+        quality = f"{'reach' if plural_subject else 'reaches'} {share:.{digits}%} of {possessive(label(b['method']))} validation {metric} ({va:.4f} vs {vb:.4f})"
     wa, wb = a["parameters"]["trainable"], b["parameters"]["trainable"]
     weights = "with no trainable weights" if wa == 0 else f"with {wa / max(1, wb):.1%} of its trainable weights"
     time_share = a["fit_seconds"] / max(1e-9, b["fit_seconds"])
