@@ -44,8 +44,9 @@ class DataConfig:
     columns: dict[str, str] = option(doc="Which file column plays which role: `text`, `label`, optional "
                                      "`text_pair`; for generation `prompt` and `response`, or `source` and "
                                      "`target`, or `messages` (a list of {role, content}; the last assistant "
-                                     "message is the answer), found by name where the file uses these; for extractive_qa rows `question`, `context` and "
-                                     "`answers` (SQuAD .json files need none).",
+                                     "message is the answer), found by name where the file uses these; for "
+                                     "extractive_qa rows `question`, `context` and `answers` (SQuAD .json files "
+                                     "need none).",
                                      factory=lambda: {"text": "text", "label": "label"})
     labels: list[str] | None = option(None, "The label set, in order. Unset: the sorted labels found in the "
                                       "data. Set: any other label is an error.")

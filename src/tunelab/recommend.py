@@ -96,12 +96,14 @@ def _relative(a: dict[str, Any], b: dict[str, Any], metric: str, lower: bool, pl
     """"reaches 98% of full fine-tuning's f1 with 1.1% of its trainable weights in 45% of the time"."""
     va, vb = a["validation"][metric], b["validation"][metric]
     if lower:
-        quality = f"{'have' if plural_subject else 'has'} a validation {metric} of {va:.4f} against {possessive(label(b['method']))} {vb:.4f}"
+        quality = (f"{'have' if plural_subject else 'has'} a validation {metric} of {va:.4f} against "
+                   f"{possessive(label(b['method']))} {vb:.4f}")
     else:
         share = va / vb if vb else 0.0
         # A share just below 1 rounds to "100%", which reads as a draw: show the decimal that tells them apart.
         digits = 1 if share != 1 and round(share, 2) == 1 else 0
-        quality = f"{'reach' if plural_subject else 'reaches'} {share:.{digits}%} of {possessive(label(b['method']))} validation {metric} ({va:.4f} vs {vb:.4f})"
+        quality = (f"{'reach' if plural_subject else 'reaches'} {share:.{digits}%} of "
+                   f"{possessive(label(b['method']))} validation {metric} ({va:.4f} vs {vb:.4f})")
     wa, wb = a["parameters"]["trainable"], b["parameters"]["trainable"]
     weights = "with no trainable weights" if wa == 0 else f"with {wa / max(1, wb):.1%} of its trainable weights"
     time_share = a["fit_seconds"] / max(1e-9, b["fit_seconds"])
