@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from markupsafe import escape
+from matplotlib.transforms import Bbox
 
 from tunelab.cli import main
 from tunelab.comparison import compare
@@ -224,3 +225,26 @@ def _time_ticks(points) -> list[str]:
     for left, right in zip(boxes, boxes[1:]):
         assert left.x1 < right.x0, [t.get_text() for t in labels]
     return [t.get_text() for t in labels]
+
+
+@pytest.mark.parametrize("cost", ["parameters", "time"])
+def test_a_point_label_keeps_clear_of_other_markers_and_inside_the_axes(cost):
+    """Today's demo drew "full (22.7M)" starting right at the adapter marker, where it read as the adapter's label."""
+    from tunelab.report.plots import quality_vs_cost_figure
+    costs = {"parameters": [0, 222_338, 374_690, 22_713_986], "time": [21, 156, 129, 246]}[cost]
+    points = [Point(m, c, q, f"C{i}") for i, (m, c, q) in enumerate(zip(
+        ["prompt", "lora", "adapter", "full"], costs, [0.7310, 0.7860, 0.8303, 0.8171]))]
+    fig = quality_vs_cost_figure(points, "f1", False, cost)
+    ax = fig.axes[0]
+    gap = 4 * fig.dpi / 72  # points → pixels
+    frame = ax.get_window_extent()
+    for text in ax.texts:
+        box = text.get_window_extent(fig.canvas.get_renderer())
+        # With the padding, "full (22.7M)" moved right of its point and out of the axes frame.
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, text
+        own = text.get_text().split()[0]
+        for p in points:
+            if p.method != own:
+                x, y = ax.transData.transform((max(p.cost, 1), p.quality))  # prompt's 0 is drawn at 1
+                r = 5 * fig.dpi / 72 + gap
+                assert not box.overlaps(Bbox.from_extents(x - r, y - r, x + r, y + r)), (text.get_text(), p.method)

@@ -184,15 +184,19 @@ def _marker_box(ax, xy: tuple[float, float]) -> Bbox:
 
 
 def _place(ax, text: str, xy: tuple[float, float], right_side: bool, obstacles: list[Bbox]) -> Any:
-    """Annotate beside the point, trying the four corners until the label overlaps no obstacle (the other
-    markers, the labels placed before, the legend)."""
+    """Annotate beside the point, trying the four corners until the label lies inside the axes and clear of
+    every obstacle (the other markers, the labels placed before, the legend)."""
     renderer = ax.figure.canvas.get_renderer()
+    # A label merely not touching a neighbour's marker still reads as its label: keep 4 points of space.
+    obstacles = [other.padded(4 * ax.figure.dpi / 72) for other in obstacles]
+    frame = ax.get_window_extent()  # a label across the axes' edge runs into the tick labels or off the figure
     sides = [(-8, "right"), (8, "left")] if right_side else [(8, "left"), (-8, "right")]
     tries = [(dx, dy, ha) for dy in (7, -16) for dx, ha in sides]
     for dx, dy, ha in tries:
         note = ax.annotate(text, xy, textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=9)
         box = note.get_window_extent(renderer)
-        if not any(box.overlaps(other) for other in obstacles):
+        inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+        if inside and not any(box.overlaps(other) for other in obstacles):
             return note
         note.remove()
     return ax.annotate(text, xy, textcoords="offset points", xytext=tries[0][:2], ha=tries[0][2], fontsize=9)
