@@ -41,5 +41,9 @@ def test_an_explicit_precision_is_kept(cpu):
     assert precision.resolve("fp32", cpu(flags=True, fp32_seconds=3.0, bf16_seconds=1.0)) == "fp32"
 
 
-def test_linear_seconds_times_a_real_layer():
+def test_timing_times_a_real_layer_and_leaves_the_global_rng_alone():
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
     assert 0 < precision.linear_seconds(torch.float32) < 5
+    assert torch.equal(torch.rand(3), expected)
