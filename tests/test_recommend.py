@@ -43,7 +43,6 @@ def test_a_tie_just_below_the_best_never_reads_as_100_percent():
     assert "so the method with fewer trainable weights wins" in rec["text"]
 
 
-
 def test_the_runner_up_is_named_by_its_weights_and_bottleneck_adapters_take_plural_verbs():
     """Today's demo: adapters won and LoRA, with fewer weights, took longer; "the best cheaper method" misread."""
     rows = [row("lora", 0.7987, 222_338, 156), row("adapter", 0.8124, 374_690, 129), row("full", 0.70, 10**7, 246)]
@@ -51,14 +50,12 @@ def test_the_runner_up_is_named_by_its_weights_and_bottleneck_adapters_take_plur
     assert rec["text"].startswith("Best validation f1: bottleneck adapters (0.8124). The best method with fewer "
                                   "trainable weights, LoRA, reaches 98% of bottleneck adapters' validation f1")
     assert "in 121% of the time" in rec["text"]
-    rows = [row("adapter", 0.835, 10**5, 100), row("full", 0.84, 10**7, 300, memory=9000), row("lora", 0.1, 1, 1)]
-    rec = recommend_measured(comparison(rows, max_memory_mb=8000), CLS)
-    assert rec["text"].startswith("Best validation f1: bottleneck adapters (0.8350).")
     rows = [row("adapter", 0.835, 10**5, 100), row("full", 0.84, 10**7, 300)]
     assert "Bottleneck adapters reach 99% of full fine-tuning's" in recommend_measured(comparison(rows), CLS)["text"]
     rows = [row("lora", 0.80, 10**5, 100), row("adapter", 0.84, 10**6, 900)]
     rec = recommend_measured(comparison(rows, max_minutes=10), CLS)
     assert "Bottleneck adapters were left out by the budget (15.0 min > 10)" in rec["text"]
+
 
 def test_budget_leaves_methods_out_and_failures_are_named():
     rows = [row("lora", 0.80, 10**5, 100), row("full", 0.84, 10**7, 900, memory=5000),

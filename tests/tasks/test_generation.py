@@ -170,27 +170,25 @@ def test_messages_and_source_target_files(tmp_path):
     assert e.label == e.text.replace("word", "mot")
 
 
-
 def test_a_file_of_source_target_columns_needs_no_column_mapping(tmp_path):
     """As a `messages` file is recognised by its column, so is a file of `source`/`target` pairs: the README's
     translation layout must not need `data.columns` (nor fail on `predict`, which takes no config)."""
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("\n".join(json.dumps({"source": f"word {i}", "target": f"mot {i}"}) for i in range(20)))
-    splits = load_splits(load_config({"task": "generation", "model": "smollm2-135m",
-                                      "data": {"source": str(pairs)}}).data, "text")
-    e = splits.train[0]
+    cfg = load_config({"task": "generation", "model": "smollm2-135m", "data": {"source": str(pairs)}})
+    e = load_splits(cfg.data, "text").train[0]
     assert e.text.startswith("word") and e.label == e.text.replace("word", "mot")
     prompts_only = tmp_path / "in.jsonl"
     prompts_only.write_text(json.dumps({"source": "word 1"}) + "\n")
     from tunelab.data import rows_to_examples
     from tunelab.data.files import read_rows
-    cfg = load_config({"task": "generation", "model": "smollm2-135m", "data": {"source": str(pairs)}})
     assert [x.text for x in rows_to_examples(read_rows(prompts_only), cfg.data, "text", need_label=False)] == ["word 1"]
     neither = tmp_path / "neither.jsonl"
     neither.write_text(json.dumps({"text": "word 1"}) + "\n")
     with pytest.raises(DataError, match=r"neither.jsonl: no column 'prompt' \(columns: text\); name it `prompt` "
                                         r"\(or `source`\), or set data.columns.prompt"):
         rows_to_examples(read_rows(neither), cfg.data, "text", need_label=False)
+
 
 def test_train_eval_predict_from_the_cli(tiny_generation_config, tmp_path, capsys):
     import yaml
