@@ -8,6 +8,7 @@ overrides `encode`/`collate` (token-level labels) and `outputs` (what the model 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar, Iterator
 
 import numpy as np
@@ -15,6 +16,11 @@ import torch
 from torch import nn
 
 from ..data import Example
+
+
+def gold_in(rows: list[dict], key: str) -> bool:
+    """Whether every row holds its gold answer under `key` (rows of unlabelled data do not), and there are rows."""
+    return bool(rows) and all(key in row for row in rows)
 
 
 class Task:
@@ -64,6 +70,15 @@ class Task:
 
     def metrics(self, outputs: Any, examples: list[Example], labels: list[str]) -> dict[str, Any]:
         raise NotImplementedError
+
+    def resampled_metric(self, rows: list[dict], metric: str, labels: list[str]
+                         ) -> Callable[[np.ndarray], float] | None:
+        """`metric` recomputed on the rows (of predictions.jsonl) at an index array, repeats allowed, for
+        bootstrap intervals (`uncertainty`); None where the rows cannot give it (a loss, rows without gold).
+
+        What is per-example is computed once, outside the returned function: it is called ~1,000 times.
+        """
+        return None
 
     def better(self, metric: str, new: float, old: float | None) -> bool:
         if old is None:

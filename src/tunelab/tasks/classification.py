@@ -1,6 +1,7 @@
 """Single-label text classification over N labels, trained with cross-entropy."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from ..data import Example
-from .base import Task
+from .base import Task, gold_in
 
 
 class ClassificationTask(Task):
@@ -49,3 +50,23 @@ class ClassificationTask(Task):
             "confusion_matrix": {"labels": labels,
                                  "matrix": confusion_matrix(gold, pred, labels=ids).tolist()},  # rows: gold
         }
+
+    def resampled_metric(self, rows: list[dict], metric: str, labels: list[str]
+                         ) -> Callable[[np.ndarray], float] | None:
+        """Accuracy and macro precision/recall/F1 as `metrics` computes them (sklearn, zero_division=0, averaged
+        over every label), from the confusion matrix of the drawn rows: one bincount per resample."""
+        if metric not in ("accuracy", "precision", "recall", "f1") or not gold_in(rows, "label"):
+            return None
+        index, k = {label: i for i, label in enumerate(labels)}, len(labels)
+        cells = np.array([index[r["label"]] * k + index[r["prediction"]] for r in rows])  # gold row, predicted column
+
+        def statistic(idx: np.ndarray) -> float:
+            matrix = np.bincount(cells[idx], minlength=k * k).reshape(k, k)
+            hits = np.diag(matrix).astype(float)
+            if metric == "accuracy":
+                return float(hits.sum() / len(idx))
+            # Per label: hits over predicted, over present, and F1 = 2·hits / (predicted + present), the harmonic mean
+            # of the two; a label with no count to divide by scores 0, as zero_division=0 says.
+            count = {"precision": matrix.sum(0), "recall": matrix.sum(1), "f1": (matrix.sum(0) + matrix.sum(1)) / 2}
+            return float(np.divide(hits, count[metric], out=np.zeros(k), where=count[metric] > 0).mean())
+        return statistic

@@ -19,6 +19,7 @@ the metrics then add the has-answer and no-answer parts, as the official v2 eval
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -29,7 +30,8 @@ from torch import nn
 from ..config import ExtractiveQAConfig
 from ..data import Example
 from ..errors import DataError, TunelabError
-from .base import Task
+from ..uncertainty import mean_of
+from .base import Task, gold_in
 from .text_metrics import exact_match, token_f1
 
 MODEL_KEYS = ("input_ids", "token_type_ids", "attention_mask")
@@ -177,6 +179,22 @@ class ExtractiveQATask(Task):
                 scores.update(has_answer_exact_match=part["exact_match"], has_answer_f1=part["f1"])
             scores["no_answer_accuracy"] = float(np.mean([p == "" for p, u in zip(outputs.texts, unanswerable) if u]))
         return scores
+
+    def resampled_metric(self, rows: list[dict], metric: str, labels: list[str]
+                         ) -> Callable[[np.ndarray], float] | None:
+        """Exact match and F1 (each question's best over its answers, as `squad_scores`), overall or over the
+        answerable questions drawn, and the share of unanswerable ones answered "": means of per-row values."""
+        if not gold_in(rows, "answers"):
+            return None
+        unanswerable = np.array([r["answers"] == [] for r in rows])
+        if metric == "no_answer_accuracy":
+            empty = [r["prediction"] == "" for r in rows]
+            return mean_of(empty, unanswerable) if unanswerable.any() else None
+        part = metric.removeprefix("has_answer_")
+        if part not in ("exact_match", "f1") or (part != metric and unanswerable.all()):
+            return None
+        scores = [squad_scores([r["prediction"]], [r["answers"] or [""]])[part] for r in rows]  # "": no answer
+        return mean_of(scores, ~unanswerable if part != metric else None)
 
     def prediction_rows(self, examples: list[Example], outputs: Answers, labels: list[str]) -> Iterator[dict]:
         for e, text, score in zip(examples, outputs.texts, outputs.scores):

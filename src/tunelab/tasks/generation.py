@@ -11,17 +11,20 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..config import GenerationConfig
 from ..data import Example
 from ..errors import TrainingError, TunelabError
-from .base import Task
-from .text_metrics import perplexity, text_metrics
+from ..uncertainty import mean_of
+from .base import Task, gold_in
+from .text_metrics import exact_match, perplexity, text_metrics, token_f1
 
 IGNORE = -100  # the label torch's cross-entropy (and so every HF causal-LM loss) skips
 
@@ -227,6 +230,21 @@ class GenerationTask(Task):
             out["perplexity"] = perplexity(outputs.loss)
         return out
 
+    def resampled_metric(self, rows: list[dict], metric: str, labels: list[str]
+                         ) -> Callable[[np.ndarray], float] | None:
+        """Exact match and F1 as means of per-row values; chrF and BLEU corpus-level, from each row's n-gram
+        counts summed over the drawn rows. Perplexity and loss need per-example losses, which rows lack."""
+        if not gold_in(rows, "reference"):
+            return None
+        predictions, references = [r["prediction"] for r in rows], [r["reference"] for r in rows]
+        if metric in ("exact_match", "f1"):
+            one = exact_match if metric == "exact_match" else token_f1
+            return mean_of([one([p], [r]) for p, r in zip(predictions, references)])
+        if metric in ("chrf", "bleu"):
+            stats, score = corpus_statistics(metric, predictions, references)
+            return lambda idx: score(stats[idx].sum(axis=0))
+        return None
+
     def prediction_rows(self, examples: list[Example], outputs: Generated, labels: list[str]) -> Iterator[dict]:
         for e, prediction in zip(examples, outputs.texts):
             row: dict[str, Any] = {"prompt": e.text}
@@ -234,6 +252,17 @@ class GenerationTask(Task):
                 row["reference"] = e.label
             row["prediction"] = prediction
             yield row
+
+
+def corpus_statistics(metric: str, predictions: list[str], references: list[str]
+                      ) -> tuple[np.ndarray, Callable[[np.ndarray], float]]:
+    """Each sentence's sufficient statistics for sacreBLEU's chrF or BLEU (n-gram counts, lengths) and the corpus
+    score of their sum, as sacreBLEU's own paired bootstrap (`sacrebleu/significance.py`) resamples them. The
+    scorers keep their defaults, which are those of the `corpus_chrf`/`corpus_bleu` that `text_metrics` calls."""
+    from sacrebleu.metrics import BLEU, CHRF
+    scorer = CHRF() if metric == "chrf" else BLEU()
+    stats = np.array(scorer._extract_corpus_statistics(predictions, [references]))
+    return stats, lambda summed: float(scorer._compute_score_from_stats(summed).score)
 
 
 def _line(text: str) -> str:

@@ -1,6 +1,7 @@
 """Regression: one float target per text, trained with mean squared error."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 from ..data import Example
-from .base import Task
+from .base import Task, gold_in
 
 
 class RegressionTask(Task):
@@ -42,3 +43,28 @@ class RegressionTask(Task):
             "r2": float(r2_score(gold, pred)) if len(gold) > 1 else 0.0,
             "pearson": 0.0 if constant else float(np.corrcoef(gold, pred)[0, 1]),
         }
+
+    def resampled_metric(self, rows: list[dict], metric: str, labels: list[str]
+                         ) -> Callable[[np.ndarray], float] | None:
+        """mse, mae, r² and Pearson's r as `metrics` defines them, edge cases included, on the drawn rows."""
+        if metric not in ("mse", "mae", "r2", "pearson") or not gold_in(rows, "label"):
+            return None
+        pred = np.array([float(r["prediction"]) for r in rows])
+        gold = np.array([float(r["label"]) for r in rows])
+
+        def statistic(idx: np.ndarray) -> float:
+            p, g = pred[idx], gold[idx]
+            if metric in ("mse", "mae"):
+                return float(np.mean((g - p) ** 2 if metric == "mse" else np.abs(g - p)))
+            gc = g - g.mean()
+            if metric == "r2":
+                if len(idx) < 2:
+                    return 0.0  # as `metrics` reports it for one example
+                residual, total = float(((g - p) ** 2).sum()), float(gc @ gc)
+                # sklearn's r2_score on a constant gold: 1 where matched exactly, else 0
+                return 1 - residual / total if total else float(residual == 0)
+            pc = p - p.mean()
+            spread = np.sqrt((pc @ pc) * (gc @ gc))
+            constant = np.ptp(p) == 0 or np.ptp(g) == 0 or spread == 0
+            return 0.0 if constant else float(np.clip(pc @ gc / spread, -1, 1))
+        return statistic
