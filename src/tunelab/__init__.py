@@ -33,6 +33,12 @@ def compare(*args, **kwargs):
     return _compare(*args, **kwargs)
 
 
+def tune(*args, **kwargs):
+    """See `tunelab.api.tune`: search one method's hyper-parameters with Optuna, then train the best setting."""
+    from .api import tune as _tune
+    return _tune(*args, **kwargs)
+
+
 def estimate(*args, **kwargs):
     """See `tunelab.estimate.estimate`: trainable weights, peak memory and time of each method, before training."""
     from .estimation import estimate as _estimate

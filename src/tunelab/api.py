@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import RunConfig, from_dict, load_config
-from .data import load_splits, rows_to_examples
+from .data import Splits, load_splits, rows_to_examples
 from .data.files import read_rows
 from .diagnostics import overfitting_warnings
 from .errors import TunelabError
@@ -34,10 +34,7 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | N
     """
     cfg = _config(config, overrides)
     task = task_for(cfg)
-    splits = load_splits(cfg.data, task.label_kind)  # all data checks happen before a model is loaded
-    if task.checks_data:  # and those that need the task's options or tokenizer (a QA question too long for its window)
-        from . import models
-        task.check_data(models.load_tokenizer(models.resolve(cfg.model)), splits, cfg.data.max_length)
+    splits = data_for(cfg, task)
     folder = Path(cfg.output) / run_name(cfg)
     checkpoint = Checkpoint(folder, cfg.to_dict(), cfg.train.checkpoint_every)
     if resume:
@@ -55,7 +52,7 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | N
         state = adapted.state
         # A resumed run's time includes the training done before the interruption.
         fit_seconds = time.time() - started + (state.seconds_before_resume if state else 0.0)
-        validation = adapted.evaluate(splits.validation)
+        validation, validation_scores = adapted.evaluate_with_outputs(splits.validation)
         predict_start = time.time()
         test_scores, test_loss = adapted.scores(splits.test, with_loss=True)
         predict_seconds = time.time() - predict_start
@@ -89,6 +86,9 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | N
         writer.json("metrics.json", metrics)
         writer.jsonl("history.jsonl", state.history if state else [])
         writer.jsonl("predictions.jsonl", task.prediction_rows(splits.test, test_scores, splits.labels))
+        # The validation rows too: a comparison resamples them for the intervals that decide its recommendation.
+        writer.jsonl("validation_predictions.jsonl",
+                     task.prediction_rows(splits.validation, validation_scores, splits.labels))
         if not adapted.method.trains:
             writer.jsonl("prompt_search.jsonl", adapted.method.search)
         run_folder = writer.commit()
@@ -102,6 +102,39 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | N
     metrics["run_folder"] = str(run_folder)
     _summary(metrics, log)
     return metrics
+
+
+def tune(config: RunConfig | str | Path | dict, overrides: list[str] | dict | None = None, *, trials: int = 8,
+         minutes: float | None = None, storage: str | Path | None = None, search_only: bool = False,
+         overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Search the configured method's hyper-parameters on the validation split (Optuna), then train the best
+    setting as a run folder, which alone predicts the test split. Returns the search (`tune.summary`) with
+    `run_folder` and `test` added. An interrupted search resumes from `storage` (default
+    `<output>/<name>.tuning.db`)."""
+    from .tune import as_overrides, search, trials_table, with_params
+    cfg = _config(config, overrides)
+    storage = Path(storage) if storage else Path(cfg.output) / f"{run_name(cfg)}.tuning.db"
+    result = search(cfg, trials, storage, minutes=minutes, log=log)
+    for line in trials_table(result):
+        log(line)
+    if result["best"] is None:
+        raise TunelabError(f"no trial of {cfg.method.name} finished; see the trials above")
+    best = result["best"]
+    log(f"best: trial {best['number']}, validation {result['metric']} {best['value']:.4f}: "
+        + " ".join(as_overrides(best["params"])))
+    if not search_only:
+        metrics = train(with_params(cfg.to_dict(), best["params"]), overwrite=overwrite, log=log)
+        result.update(run_folder=metrics["run_folder"], test=metrics["test"])
+    return result
+
+
+def data_for(cfg: RunConfig, task) -> Splits:
+    """The run's splits, every data check done before a model is loaded."""
+    splits = load_splits(cfg.data, task.label_kind)
+    if task.checks_data:  # and those that need the task's options or tokenizer (a QA question too long for its window)
+        from . import models
+        task.check_data(models.load_tokenizer(models.resolve(cfg.model)), splits, cfg.data.max_length)
+    return splits
 
 
 def _diagnostics(adapted, splits, validation: dict[str, Any]) -> dict[str, Any]:

@@ -61,6 +61,27 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="retrain runs whose config changed")
     c.add_argument("--max-minutes", type=float, help="budget: training time per method")
     c.add_argument("--max-memory", type=float, help="budget: peak memory per method, in MB")
+    c.add_argument("--seeds", type=int, help="training runs per trained method, seeds train.seed, train.seed+1, …; "
+                   "the table shows mean ± standard deviation (config: compare.seeds)")
+    c.add_argument("--tune", type=int, metavar="N", help="search each trained method's hyper-parameters in N trials "
+                   "first (Optuna, validation split only) and compare the methods at their best settings; the "
+                   "folder's default name gets '-tuned' (config: tune.trials)")
+    c.add_argument("--tune-minutes", type=float, help="time budget of each method's search (config: tune.minutes)")
+
+    tu = sub.add_parser("tune", help="search one method's hyper-parameters on the validation split, then train "
+                        "the best", description="Search the configured method's learning rate and own options with "
+                        "Optuna (TPE, seeded by train.seed; trials that fall below the median after an epoch are "
+                        "pruned), on the validation split only; then train the best setting as a run folder, which "
+                        "alone predicts the test split. Trials are stored in an SQLite file: the same command "
+                        "resumes an interrupted search. The space is `tune.space.<method>` (`tunelab config`).")
+    tu.add_argument("config", help="YAML config file")
+    tu.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of the config")
+    tu.add_argument("--trials", type=int, default=8, help="trials to run in all, the untuned setting first "
+                    "(default 8)")
+    tu.add_argument("--minutes", type=float, help="time budget: no trial starts after this many minutes")
+    tu.add_argument("--storage", help="SQLite file of the trials (default: <output>/<name>.tuning.db)")
+    tu.add_argument("--search-only", action="store_true", help="search and print the best setting; train no run")
+    tu.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same name")
 
     for verb, text in (("recommend", "suggest a method before training, from estimates and the data size"),
                        ("estimate", "estimate each method's trainable weights, peak memory and training time")):
@@ -141,8 +162,20 @@ def _predict(args) -> None:
 def _compare(args) -> None:
     from .comparison import compare
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    compare(args.config, methods, args.overrides, output=args.output, name=args.name, overwrite=args.overwrite,
+    overrides = list(args.overrides or [])
+    for key, value in (("compare.seeds", args.seeds), ("tune.trials", args.tune), ("tune.minutes", args.tune_minutes)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    compare(args.config, methods, overrides, output=args.output, name=args.name, overwrite=args.overwrite,
             max_minutes=args.max_minutes, max_memory_mb=args.max_memory)
+
+
+def _tune(args) -> None:
+    from .api import tune
+    if args.trials < 1:
+        raise TunelabError(f"--trials must be at least 1, got {args.trials}")
+    tune(args.config, args.overrides, trials=args.trials, minutes=args.minutes, storage=args.storage,
+         search_only=args.search_only, overwrite=args.overwrite)
 
 
 def _estimate(args, recommend: bool = False) -> None:
@@ -210,7 +243,7 @@ def _print_fields(cls, prefix: str) -> None:
             print(f"{prefix}{f.name} = {default!r}: {docs(cls)[f.name]}")
 
 
-COMMANDS = {"train": _train, "compare": _compare, "estimate": _estimate,
+COMMANDS = {"train": _train, "tune": _tune, "compare": _compare, "estimate": _estimate,
             "recommend": lambda args: _estimate(args, recommend=True), "report": _report, "eval": _eval,
             "predict": _predict, "datasets": _datasets, "models": _models, "methods": _methods, "config": _config}
 

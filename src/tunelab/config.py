@@ -152,6 +152,45 @@ class ExtractiveQAConfig:
                                               "raise it to answer more often.")
 
 
+def _level(v: float) -> str | None:
+    return None if 0.5 <= v < 1 else "must be at least 0.5 and below 1, e.g. 0.9 for 90% intervals"
+
+
+def _enough_resamples(v: int) -> str | None:
+    return None if v >= 100 else "must be at least 100 (1,000 or more for stable interval ends)"
+
+
+@dataclass
+class CompareConfig:
+    """How `tunelab compare` measures: training seeds and the confidence of its figures."""
+    seeds: int = option(1, "Training runs per trained method, with seeds train.seed, train.seed+1, … (initialisation, "
+                        "dropout, data order; the split stays fixed). The table shows the mean ± standard deviation "
+                        "over seeds and the recommendation uses the mean. `--seeds N` sets it.", positive)
+    confidence: float = option(0.9, "Level of the bootstrap intervals on every figure and of the paired intervals "
+                               "that decide ties.", _level)
+    resamples: int = option(1000, "Bootstrap resamples of the validation and test examples (the same resamples "
+                            "for every method, so differences are paired).", _enough_resamples)
+
+
+@dataclass
+class TuneConfig:
+    """Per-method hyper-parameter search with Optuna (`tunelab tune`, `tunelab compare --tune N`)."""
+    trials: int = option(0, "Trials per trained method in `tunelab compare` (0: no search; `--tune N` sets it). "
+                         "The first trial is the method's untuned setting, so the search never ends below it.",
+                         non_negative)
+    minutes: float | None = option(None, "Time budget of one method's search in minutes (`--tune-minutes`); "
+                                   "trials stop being started once it is spent.", positive)
+    pruning: bool = option(True, "Stop a trial after an epoch whose validation metric is below the median of "
+                           "earlier trials at that epoch (Optuna's MedianPruner; the first two trials always run).")
+    space: dict[str, dict[str, dict[str, Any]]] = option(
+        doc="Search space per method, replacing that method's default parameters: "
+            "{lora: {learning_rate: {low: 1.0e-4, high: 3.0e-3, log: true}, r: {choices: [4, 8, 16]}}}. A "
+            "parameter is a `train` key (learning_rate, epochs, weight_decay, warmup_ratio, dropout, batch_size) "
+            "or one of the method's options. Default: learning rate log-uniform over 1.5 decades around the "
+            "method's default, and the method's own (LoRA r and alpha, adapter reduction factor, full "
+            "fine-tuning's frozen layers).", factory=dict)
+
+
 @dataclass
 class MethodConfig:
     """`name` picks the method; its options are that method's own typed dataclass."""
@@ -175,6 +214,8 @@ class RunConfig:
                                           factory=GenerationConfig)
     methods: dict[str, dict[str, Any]] = option(doc="Per-method options used by `tunelab compare`, e.g. "
                                                 "{lora: {r: 16}, full: {freeze_layers: 2}}.", factory=dict)
+    compare: CompareConfig = option(doc="Seeds and confidence of `tunelab compare`.", factory=CompareConfig)
+    tune: TuneConfig = option(doc="Hyper-parameter search per method (Optuna).", factory=TuneConfig)
     output: str = option("runs", "Folder that receives run folders.")
     name: str | None = option(None, "Run folder name. Unset: `<data>-<method>` (never overwrites silently).")
     allow_unsafe_weights: bool = option(False, "Allow pickle (.bin) weights for local models; off by default "
@@ -236,8 +277,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-# Keys that change how a run is carried out, never what it learns: a run may be reused or resumed across them.
-NO_EFFECT_ON_RESULTS = ("train.checkpoint_every",)
+# Keys (and blocks) that change how a run is carried out or compared, never what it learns: a run may be reused or
+# resumed across them.
+NO_EFFECT_ON_RESULTS = ("train.checkpoint_every", "compare", "tune")
 
 
 def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -248,7 +290,8 @@ def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
             out += differences(old.get(key), new.get(key), f"{prefix}{key}.")
         return out
     key = prefix.rstrip(".")
-    return [] if old == new or key in NO_EFFECT_ON_RESULTS else [f"{key} {old!r} → {new!r}"]
+    no_effect = any(key == k or key.startswith(k + ".") for k in NO_EFFECT_ON_RESULTS)
+    return [] if old == new or no_effect else [f"{key} {old!r} → {new!r}"]
 
 
 def load_config(source: str | Path | dict | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
@@ -346,6 +389,8 @@ def validate(cfg: RunConfig) -> list[str]:
                 problems.append(f"`methods.{name}.train` must be a mapping of train options, got {block['train']!r}")
         else:
             problems.append(f"`methods.{name}` must be a mapping of {name}'s options, got {block!r}")
+    from .tune import space_problems
+    problems += space_problems(cfg)
     if cfg.model not in MODELS and not Path(cfg.model).is_dir():
         problems.append(f"`model`: {cfg.model!r} is neither a built-in alias ({', '.join(MODELS.names())}) "
                         f"nor a local model folder")

@@ -48,11 +48,15 @@ class Adapted:
                                  precision=self.precision, device=device(), with_loss=with_loss)
 
     def evaluate(self, examples: list[Example]) -> dict[str, Any]:
+        return self.evaluate_with_outputs(examples)[0]
+
+    def evaluate_with_outputs(self, examples: list[Example]) -> tuple[dict[str, Any], Any]:
+        """Metrics and the outputs they came from (for the per-example rows that bootstrap intervals resample)."""
         scores, loss = self.scores(examples, with_loss=True)
         metrics = self.task.metrics(scores, examples, self.labels)
         if loss is not None:
             metrics["loss"] = loss
-        return metrics
+        return metrics, scores
 
     def parameters(self) -> dict[str, Any]:
         counts = count_parameters(self.model)
@@ -101,10 +105,12 @@ def prepare(cfg: RunConfig, splits: Splits, log: Callable[[str], None] = print) 
 
 
 def fit(cfg: RunConfig, splits: Splits, log: Callable[[str], None] = print,
-        adapted: Adapted | None = None, checkpoint: Checkpoint | None = None, resume: bool = False) -> Adapted:
+        adapted: Adapted | None = None, checkpoint: Checkpoint | None = None, resume: bool = False,
+        on_evaluation: Callable[[int, float], None] | None = None) -> Adapted:
     """Adapt the model to the training split with the configured method (prepared here unless given).
 
-    Trained methods save a `checkpoint` as they go (when given); `resume` continues from it."""
+    Trained methods save a `checkpoint` as they go (when given); `resume` continues from it; `on_evaluation`
+    hears each epoch's validation metric (`training.loop.train`)."""
     adapted = adapted or prepare(cfg, splits, log)
     metric = cfg.train.early_stopping.metric or adapted.task.default_metric
     method = adapted.method
@@ -121,7 +127,8 @@ def fit(cfg: RunConfig, splits: Splits, log: Callable[[str], None] = print,
     lr = cfg.train.learning_rate or method.default_learning_rate
     train_batches = Batches(adapted.task, adapted.tokenizer, splits.train, splits.labels, cfg.data.max_length)
     adapted.state = train(adapted.model, train_batches, lambda: adapted.evaluate(splits.validation), cfg.train, lr,
-                          metric, adapted.task.better, adapted.precision, device(), log, checkpoint, resume)
+                          metric, adapted.task.better, adapted.precision, device(), log, checkpoint, resume,
+                          on_evaluation)
     adapted.model.eval()
     return adapted
 

@@ -104,6 +104,7 @@ class BottleneckAdapter(TrainedMethod):
     name = "adapter"
     Options = AdapterOptions
     default_learning_rate = 1e-3
+    search_space = {"reduction_factor": {"choices": [8, 16, 32]}}
     description = "bottleneck adapters after attention/feed-forward blocks (Houlsby or Pfeiffer)"
 
     def prepare(self, model: nn.Module, head_modules: list[str], task_type: str = "SEQ_CLS") -> nn.Module:

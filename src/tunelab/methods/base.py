@@ -40,6 +40,9 @@ class Method:
 class TrainedMethod(Method):
     tasks: ClassVar[tuple[str, ...]] = ("classification", "regression", "extractive_qa", "generation")
     default_learning_rate: ClassVar[float] = 5e-4
+    # The method's own hyper-parameters that `tunelab tune` searches besides the learning rate, in the
+    # `tune.space` format: {option: {choices: [...]}} or {option: {low, high, log}}.
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def prepare(self, model: nn.Module, head_modules: list[str], task_type: str = "SEQ_CLS") -> nn.Module:
         """Freeze what is not trained (and wrap the model where the method needs to).

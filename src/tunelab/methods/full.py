@@ -38,6 +38,7 @@ class FullFineTuning(TrainedMethod):
     Options = FullOptions
     family = "full"
     default_learning_rate = 5e-5
+    search_space = {"freeze_layers": {"choices": [0, 1, 2]}}
     description = "every weight trained (optionally freezing the lowest layers)"
 
     def prepare(self, model: nn.Module, head_modules: list[str], task_type: str = "SEQ_CLS") -> nn.Module:

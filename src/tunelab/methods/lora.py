@@ -70,6 +70,8 @@ class Lora(PeftMethod):
     name = "lora"
     Options = LoraOptions
     default_learning_rate = 5e-4
+    # alpha/r is the update's scale: the pairs cover scales 0.5–8.
+    search_space = {"r": {"choices": [4, 8, 16]}, "alpha": {"choices": [8, 16, 32]}}
     description = "low-rank updates of frozen weights, through peft (use_dora for DoRA)"
 
     def peft_config(self, head_modules: list[str], task_type: str):

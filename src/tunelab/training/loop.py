@@ -97,8 +97,12 @@ def _n_targets(batch: dict[str, torch.Tensor]) -> int:
 def train(model: nn.Module, train_batches: Batches, evaluate: Callable[[], dict[str, float]], cfg: TrainConfig,
           learning_rate: float, metric: str, better: Callable[[str, float, float | None], bool],
           precision: str, device: torch.device, log: Callable[[str], None] = print,
-          checkpoint: Checkpoint | None = None, resume: bool = False) -> TrainState:
+          checkpoint: Checkpoint | None = None, resume: bool = False,
+          on_evaluation: Callable[[int, float], None] | None = None) -> TrainState:
     """Train `model` in place; `evaluate()` returns validation metrics (with `loss`) after each epoch.
+
+    `on_evaluation(epoch, value)` hears each epoch's validation metric; a hyper-parameter search uses it to
+    stop a hopeless trial (it raises to end training).
 
     At the end the weights of the best evaluation are restored. With a `checkpoint`, the loop saves one every
     `cfg.checkpoint_every` steps and after each evaluation; `resume` starts from the saved one.
@@ -202,6 +206,8 @@ def train(model: nn.Module, train_batches: Batches, evaluate: Callable[[], dict[
                 log(f"early stopping: no {metric} improvement for {cfg.early_stopping.patience} evaluation(s)")
         if checkpoint and checkpoint.every:  # after the evaluation: a crash while testing resumes with no training
             save_checkpoint(0)
+        if on_evaluation:
+            on_evaluation(state.epoch, value)
         if state.stopped_early:
             break
 

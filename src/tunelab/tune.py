@@ -1,0 +1,271 @@
+"""Per-method hyper-parameter search with Optuna, on the validation split only.
+
+Each trained method is compared at its own best settings rather than at one default: part of what a
+comparison at defaults measures is the defaults. Optuna (Akiba et al. 2019, https://arxiv.org/abs/1907.10902)
+draws settings with its TPE sampler (seeded by `train.seed`) and its MedianPruner stops a trial after an epoch
+whose validation metric is below the median of earlier trials at that epoch. The first trial is always the
+method's untuned setting, so the best trial is never below it. Trials live in an SQLite file: a search that was
+killed resumes where it stopped, and the trial it was running is run again. The test split is not touched here;
+it is predicted once, by a run of the best setting.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import RunConfig, _merge, differences, load_config
+from .errors import TunelabError
+
+# Train keys a search may set; any other parameter is one of the method's options.
+TRAIN_PARAMS = ("learning_rate", "epochs", "weight_decay", "warmup_ratio", "dropout", "batch_size")
+LR_HALF_SPAN = 10 ** 0.75  # the learning rate is searched over 1.5 decades centred on the method's default
+
+
+def default_space(method: str) -> dict[str, dict[str, Any]]:
+    """Learning rate log-uniform around the method's default, and the method's own parameters."""
+    from .methods import METHODS
+    m = METHODS.get(method)
+    lr = m.default_learning_rate
+    return {"learning_rate": {"low": lr / LR_HALF_SPAN, "high": lr * LR_HALF_SPAN, "log": True},
+            **{k: dict(v) for k, v in m.search_space.items()}}
+
+
+def space_for(cfg: RunConfig) -> dict[str, dict[str, Any]]:
+    """The configured method's search space (`tune.space.<method>`, or its default) with the untuned
+    setting included, since the first trial runs it."""
+    space = {k: dict(v) for k, v in (cfg.tune.space.get(cfg.method.name) or default_space(cfg.method.name)).items()}
+    for name, value in current_params(cfg, space).items():
+        spec = space[name]
+        if "choices" in spec and value not in spec["choices"]:
+            spec["choices"] = [*spec["choices"], value]
+        elif "choices" not in spec:
+            spec["low"], spec["high"] = min(spec["low"], value), max(spec["high"], value)
+    return space
+
+
+def current_params(cfg: RunConfig, space: dict[str, Any]) -> dict[str, Any]:
+    """The config's own values of the searched parameters: the untuned trial."""
+    from .methods import METHODS
+    out = {}
+    for name in space:
+        if name == "learning_rate":
+            out[name] = cfg.train.learning_rate or METHODS.get(cfg.method.name).default_learning_rate
+        elif name in TRAIN_PARAMS:
+            out[name] = getattr(cfg.train, name)
+        else:
+            out[name] = getattr(cfg.method.options, name)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def space_problems(cfg: RunConfig) -> list[str]:
+    """Every problem of `tune.space`, for `config.validate`."""
+    from .methods import METHODS
+    problems = []
+    for method, space in cfg.tune.space.items():
+        key = f"`tune.space.{method}`"
+        if method not in METHODS:
+            problems.append(f"{key}: {METHODS.unknown(method)}")
+            continue
+        if not METHODS.get(method).trains:
+            problems.append(f"{key}: {method} trains nothing, so it has no hyper-parameters to search; remove it")
+            continue
+        if not isinstance(space, dict) or not space:
+            problems.append(f"{key} must map parameter names to {{low, high, log}} or {{choices}}, got {space!r}")
+            continue
+        options = {f.name for f in dataclasses.fields(METHODS.get(method).Options)}
+        for name, spec in space.items():
+            if name not in TRAIN_PARAMS and name not in options:
+                problems.append(f"{key}.{name}: not a parameter of {method}; choose from "
+                                f"{', '.join([*TRAIN_PARAMS, *sorted(options)])}")
+            else:
+                problems += [f"{key}.{name} {p}" for p in _spec_problems(spec)]
+    return problems
+
+
+def _spec_problems(spec: Any) -> list[str]:
+    if not isinstance(spec, dict):
+        return [f"must be {{low, high, log}} or {{choices: [...]}}, got {spec!r}"]
+    if "choices" in spec:
+        extra = set(spec) - {"choices"}
+        if not isinstance(spec["choices"], list) or not spec["choices"]:
+            return ["`choices` must be a non-empty list"]
+        return [f"takes `choices` alone; remove {', '.join(sorted(extra))}"] if extra else []
+    extra = set(spec) - {"low", "high", "log"}
+    if extra or not {"low", "high"} <= set(spec):
+        return [f"must be {{low, high, log}} or {{choices: [...]}}, got {spec!r}"]
+    low, high = spec["low"], spec["high"]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low >= high:
+        return [f"needs numbers low < high, got low {low!r}, high {high!r}"]
+    if spec.get("log") and low <= 0:
+        return [f"is log-scaled, so `low` must be positive, got {low!r}"]
+    return []
+
+
+def suggest(trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    out = {}
+    for name, spec in space.items():
+        if "choices" in spec:
+            out[name] = trial.suggest_categorical(name, spec["choices"])
+        elif all(isinstance(spec[k], int) for k in ("low", "high")) and name != "learning_rate":
+            out[name] = trial.suggest_int(name, spec["low"], spec["high"], log=bool(spec.get("log")))
+        else:
+            out[name] = trial.suggest_float(name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
+    return out
+
+
+def with_params(config: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """A config dict with searched values set: train keys under `train`, the rest as method options."""
+    train = {k: v for k, v in params.items() if k in TRAIN_PARAMS}
+    options = {k: v for k, v in params.items() if k not in TRAIN_PARAMS}
+    return _merge(config, {"train": train, "method": options})
+
+
+def as_overrides(params: dict[str, Any]) -> list[str]:
+    """`train.learning_rate=0.0012 method.r=16`: the best setting as command-line overrides."""
+    return [f"{'train' if k in TRAIN_PARAMS else 'method'}.{k}={v:.4g}" if isinstance(v, float)
+            else f"{'train' if k in TRAIN_PARAMS else 'method'}.{k}={v}" for k, v in params.items()]
+
+
+def search(cfg: RunConfig, trials: int, storage: Path, *, minutes: float | None = None,
+           log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) the search of `cfg.method` until `trials` trials have ended; returns `summary`."""
+    import optuna
+
+    from .api import data_for
+    from .methods import METHODS
+    from .pipeline import fit
+    from .tasks import task_for
+    if not METHODS.get(cfg.method.name).trains:
+        raise TunelabError(f"method {cfg.method.name} trains nothing, so there is nothing to tune; its own search "
+                           f"(templates, demonstrations) runs in `tunelab train`")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    task = task_for(cfg)
+    splits = data_for(cfg, task)
+    metric = cfg.train.early_stopping.metric or task.default_metric
+    direction = "minimize" if metric in task.lower_is_better else "maximize"
+    space = space_for(cfg)
+    study = _open_study(cfg, storage, direction, space, trials)
+    base = cfg.to_dict()
+
+    def objective(trial) -> float:
+        params = suggest(trial, space)
+        trial_cfg = load_config(with_params(base, params))
+        shown = ", ".join(as_overrides(params))
+        log(f"trial {trial.number}: {shown}")
+        started = time.time()
+
+        def on_evaluation(epoch: int, value: float) -> None:
+            trial.report(value, epoch)
+            trial.set_user_attr("epochs", epoch)
+            trial.set_user_attr("seconds", round(time.time() - started, 1))
+            if cfg.tune.pruning and trial.should_prune():
+                log(f"trial {trial.number}: pruned after epoch {epoch} ({metric} {value:.4f})")
+                raise optuna.TrialPruned()
+
+        try:
+            adapted = fit(trial_cfg, splits, lambda line: None, on_evaluation=on_evaluation)
+        except TunelabError as e:  # a diverged learning rate or an impossible setting: that trial fails, not the search
+            trial.set_user_attr("error", str(e))
+            log(f"trial {trial.number}: failed: {e}")
+            raise
+        value = adapted.state.best_value
+        log(f"trial {trial.number}: validation {metric} {value:.4f} (best epoch {adapted.state.best_epoch}, "
+            f"{time.time() - started:.0f} s)")
+        return value
+
+    remaining = trials - len(_ended(study))
+    if remaining > 0:
+        log(f"search of {cfg.method.name}: {remaining} of {trials} trials to run, on validation {metric} "
+            f"({len(splits.validation)} examples); trials in {storage}")
+        study.optimize(objective, n_trials=remaining, timeout=minutes * 60 if minutes else None,
+                       catch=(TunelabError,), gc_after_trial=True)
+    return summary(study, metric)
+
+
+def _open_study(cfg: RunConfig, storage: Path, direction: str, space: dict[str, Any], trials: int):
+    import optuna
+    storage.parent.mkdir(parents=True, exist_ok=True)
+    n_random = max(1, min(10, trials // 2))  # TPE models the space after this many random trials
+    study = optuna.create_study(study_name=cfg.method.name, storage=f"sqlite:///{storage}", load_if_exists=True,
+                                direction=direction, sampler=optuna.samplers.TPESampler(seed=cfg.train.seed,
+                                                                                        n_startup_trials=n_random),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+    # A search resumes only with the config and space it began with: its trials would not compare otherwise.
+    fingerprint = {"config": cfg.to_dict(), "space": space}
+    had = study.user_attrs.get("fingerprint")
+    if had is None:
+        study.set_user_attr("fingerprint", fingerprint)
+        study.enqueue_trial(current_params(cfg, space), user_attrs={"default": True})
+    elif differences(had, _plain(fingerprint)):
+        changed = "; ".join(differences(had, _plain(fingerprint))[:3])
+        raise TunelabError(f"{storage} holds a search of {cfg.method.name} with another config ({changed}); "
+                           f"delete that file to start over, or choose another --storage")
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        # Left running by a killed process (a search runs in one process at a time): mark it failed and run its
+        # setting again, so that a kill costs only the trial it interrupted.
+        study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs={k: v for k, v in t.user_attrs.items() if k == "default"})
+    return study
+
+
+def _plain(value: Any) -> Any:
+    """As stored in the study (JSON): tuples become lists."""
+    import json
+    return json.loads(json.dumps(value))
+
+
+def _ended(study) -> list:
+    """Trials that count towards the number asked: every ended trial but those a kill interrupted."""
+    from optuna.trial import TrialState
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) and not t.user_attrs.get("interrupted")]
+
+
+def summary(study, metric: str) -> dict[str, Any]:
+    """The trials as plain data (for comparison.json and the report)."""
+    from optuna.trial import TrialState
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("interrupted"):
+            continue
+        last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
+        rows.append({"number": t.number, "state": t.state.name, "params": dict(t.params),
+                     "value": t.value if t.state == TrialState.COMPLETE else last,
+                     "epochs": t.user_attrs.get("epochs"), "seconds": t.user_attrs.get("seconds"),
+                     "default": bool(t.user_attrs.get("default")), "error": t.user_attrs.get("error")})
+    complete = [r for r in rows if r["state"] == "COMPLETE"]
+    sign = -1 if study.direction.name == "MAXIMIZE" else 1
+    best = min(complete, key=lambda r: (sign * r["value"], r["number"])) if complete else None
+    default = next((r for r in rows if r["default"]), None)
+    return {"metric": metric, "direction": study.direction.name.lower(), "trials": rows,
+            "best": {k: best[k] for k in ("number", "params", "value")} if best else None,
+            "default": {"params": default["params"], "value": default["value"] if default["state"] == "COMPLETE"
+                        else None} if default else None,
+            "seconds": round(sum(r["seconds"] or 0 for r in rows), 1)}
+
+
+def load_summary(storage: Path, method: str, metric: str) -> dict[str, Any]:
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return summary(optuna.load_study(study_name=method, storage=f"sqlite:///{storage}"), metric)
+
+
+def trials_table(result: dict[str, Any]) -> list[str]:
+    """The trials as text lines, best first."""
+    rows = sorted(result["trials"], key=lambda r: (r["state"] != "COMPLETE", r["value"] is None,
+                                                   -(r["value"] or 0) if result["direction"] == "maximize"
+                                                   else (r["value"] or 0)))
+    out = []
+    for r in rows:
+        value = "" if r["value"] is None else f"{r['value']:.4f}"
+        params = " ".join(as_overrides(r["params"]))
+        tags = (" (untuned setting)" if r["default"] else "") + (f" ({r['error']})" if r["error"] else "")
+        out.append(f"  trial {r['number']:>2}  {r['state'].lower():8} {result['metric']} {value:7}  "
+                   f"epochs {r['epochs'] or 0}  {r['seconds'] or 0:.0f} s  {params}{tags}")
+    return out
+
+
+__all__ = ["search", "summary", "load_summary", "default_space", "space_for", "with_params", "as_overrides"]

@@ -1,0 +1,140 @@
+"""tune: an Optuna search per method on the validation split, seeded, pruned, resumable after a kill."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from tunelab.api import tune
+from tunelab.config import load_config
+from tunelab.errors import ConfigError
+from tunelab.tune import default_space, search, space_for, with_params
+
+BAD, GOOD = 1e-7, 3e-3  # on the tiny data, a rate of 1e-7 learns nothing in ten epochs; 3e-3 learns the words
+
+
+def test_the_search_finds_the_better_learning_rate_and_the_best_setting_is_trained(tiny_config, tmp_path):
+    cfg = tiny_config("full", train__learning_rate=BAD, train__epochs=10,
+                      tune={"space": {"full": {"learning_rate": {"choices": [BAD, GOOD]}}}})
+    logs: list[str] = []
+    result = tune(cfg, trials=3, log=logs.append)
+    trials = result["trials"]
+    assert len(trials) == 3 and trials[0]["default"] and trials[0]["params"] == {"learning_rate": BAD}
+    assert result["best"]["params"] == {"learning_rate": GOOD}
+    assert result["best"]["value"] > result["default"]["value"] + 0.2, result
+    # The run of the best setting is the one that predicts the test split, and it reproduces the best trial.
+    assert result["test"]["f1"] > 0.7
+    trained = load_config(yaml.safe_load(open(f"{result['run_folder']}/config.yaml")))
+    assert trained.train.learning_rate == GOOD
+    import json
+    validation = json.loads(open(f"{result['run_folder']}/metrics.json").read())["validation"]
+    assert validation["f1"] == pytest.approx(result["best"]["value"], abs=1e-9)
+    assert any(line.startswith("best: trial") and "train.learning_rate=0.003" in line for line in logs)
+
+
+def test_a_trial_below_the_median_is_pruned_after_an_epoch(tiny_config, tmp_path):
+    cfg = load_config(tiny_config("full", train__learning_rate=GOOD, train__epochs=10,
+                                  tune={"space": {"full": {"learning_rate": {"choices": [BAD, GOOD]}}}}))
+    storage = tmp_path / "t.db"
+    search(cfg, 3, storage, log=lambda _: None)  # three trials of the good rate learn the task
+    import optuna
+    optuna.load_study(study_name="full", storage=f"sqlite:///{storage}").enqueue_trial({"learning_rate": BAD})
+    result = search(cfg, 4, storage, log=lambda _: None)
+    assert [t["state"] for t in result["trials"][:3]] == ["COMPLETE"] * 3
+    last = result["trials"][-1]
+    # Stopped once its epoch's f1 fell below the others' median at that epoch, well before its 10 epochs.
+    assert last["params"] == {"learning_rate": BAD} and last["state"] == "PRUNED" and last["epochs"] < 10
+
+
+def test_a_killed_search_resumes_and_runs_the_interrupted_trial_again(tiny_config, tmp_path):
+    cfg = tiny_config("full", train__epochs=10,
+                      tune={"space": {"full": {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}}})
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    storage = tmp_path / "search.db"
+    command = [sys.executable, "-m", "tunelab.cli", "tune", str(path), "--trials", "4", "--storage", str(storage),
+               "--search-only"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and _states(storage).count("COMPLETE") < 2:  # kill it during the third trial
+        time.sleep(0.05)
+    while time.time() < deadline and not _running_has_reported(storage):  # mid-training, its setting drawn
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    before = _states(storage)
+    assert before.count("COMPLETE") == 2 and before.count("RUNNING") == 1, before
+
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    import optuna
+    study = optuna.load_study(study_name="full", storage=f"sqlite:///{storage}")
+    trials = study.get_trials()
+    interrupted = [t for t in trials if t.user_attrs.get("interrupted")]
+    assert len(interrupted) == 1 and interrupted[0].state.name == "FAIL"
+    ended = [t for t in trials if not t.user_attrs.get("interrupted")]
+    assert len(ended) == 4 and all(t.state.name in ("COMPLETE", "PRUNED") for t in ended)
+    # The two finished trials were kept, not run again; the interrupted setting ran again, right after them.
+    assert [t.number for t in ended[:2]] == [0, 1]
+    assert ended[2].params == interrupted[0].params
+    assert "2 of 4 trials to run" in done.stdout
+
+
+def _running_has_reported(storage) -> bool:
+    try:
+        with sqlite3.connect(storage) as db:
+            return bool(db.execute("select count(*) from trial_intermediate_values v join trials t "
+                                   "on v.trial_id = t.trial_id where t.state = 'RUNNING'").fetchone()[0])
+    except sqlite3.OperationalError:
+        return False
+
+
+def _states(storage) -> list[str]:
+    if not storage.exists():
+        return []
+    try:
+        with sqlite3.connect(storage) as db:
+            return [row[0] for row in db.execute("select state from trials order by number")]
+    except sqlite3.OperationalError:  # the tables are not made yet
+        return []
+
+
+def test_a_search_resumes_only_with_the_config_it_began_with(tiny_config, tmp_path):
+    cfg = load_config(tiny_config("full", train__epochs=1))
+    search(cfg, 1, tmp_path / "s.db", log=lambda _: None)
+    changed = load_config(tiny_config("full", train__epochs=2))
+    with pytest.raises(Exception, match=r"another config \(config.train.epochs 1 → 2\)"):
+        search(changed, 1, tmp_path / "s.db", log=lambda _: None)
+
+
+def test_default_spaces_centre_on_each_method_default_and_include_the_untuned_setting(tiny_config):
+    lora = default_space("lora")
+    assert lora["learning_rate"]["log"] and lora["learning_rate"]["low"] == pytest.approx(5e-4 / 10 ** 0.75)
+    assert lora["learning_rate"]["high"] / lora["learning_rate"]["low"] == pytest.approx(10 ** 1.5)
+    assert set(lora) == {"learning_rate", "r", "alpha"}
+    assert set(default_space("adapter")) == {"learning_rate", "reduction_factor"}
+    assert set(default_space("full")) == {"learning_rate", "freeze_layers"}
+    # An untuned setting outside the default space is added to it: the first trial runs it.
+    cfg = load_config(tiny_config("lora", method__r=32, train__learning_rate=0.05))
+    space = space_for(cfg)
+    assert 32 in space["r"]["choices"] and space["learning_rate"]["high"] == 0.05
+    assert with_params(cfg.to_dict(), {"r": 4, "learning_rate": 1e-3})["method"]["r"] == 4
+
+
+def test_a_wrong_search_space_is_one_error_naming_every_key(tiny_config):
+    cfg = tiny_config("lora", tune={"space": {"lora": {"rank": {"choices": [4]}, "learning_rate": {"low": 1}},
+                                              "prompt": {"shots": {"choices": [0]}}, "lroa": {}}})
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg)
+    text = str(e.value)
+    assert "`tune.space.lora`.rank: not a parameter of lora" in text
+    assert "`tune.space.lora`.learning_rate must be {low, high, log}" in text
+    assert "`tune.space.prompt`: prompt trains nothing" in text
+    assert "`tune.space.lroa`: unknown method 'lroa'" in text
