@@ -184,3 +184,64 @@ def test_a_comparison_resumes_a_method_interrupted_in_an_earlier_one(tiny_config
     metrics = json.loads((folder / "runs" / "lora" / "metrics.json").read_text())
     assert metrics["resumed_at_step"] == 4
     assert not (folder / "runs" / ".lora.checkpoint").exists()
+
+
+def test_compare_with_seeds_and_a_search_reports_means_spreads_intervals_and_trials(tiny_config, tmp_path):
+    """`--seeds 2 --tune 2`: each trained method is searched, then its best setting runs on two seeds; the prompt
+    runs once. Figures carry their spread and bootstrap intervals; the seed-0 run reproduces the best trial."""
+    import numpy as np
+    import yaml
+
+    from tunelab.comparison import table_rows
+    cfg = tiny_config("lora", train__epochs=6, train__learning_rate=1e-3)
+    cfg["tune"] = {"space": {"full": {"learning_rate": {"choices": [1e-7, 3e-3]}}}}
+    logs: list[str] = []
+    result = compare(cfg, ["prompt", "full"], ["compare.seeds=2", "tune.trials=2"], output=tmp_path / "cmp",
+                     log=logs.append)
+    folder = tmp_path / "cmp" / result["name"]
+    assert result["name"].endswith("-tuned") and result["seeds"] == [0, 1] and result["confidence"] == 0.9
+    rows = {r["method"]: r for r in result["rows"]}
+    assert [r["seed"] for r in rows["full"]["runs"]] == [0, 1] and len(rows["prompt"]["runs"]) == 1
+    assert (folder / "runs" / "full-seed1" / "metrics.json").is_file()
+    f1s = [r["validation"]["f1"] for r in rows["full"]["runs"]]
+    assert rows["full"]["validation"]["f1"] == pytest.approx(np.mean(f1s))
+    assert rows["full"]["spread"]["validation"]["f1"] == pytest.approx(np.std(f1s, ddof=1))
+    assert rows["prompt"]["spread"] is None and rows["prompt"]["tuning"] is None
+    tuning = rows["full"]["tuning"]
+    assert [t["params"]["learning_rate"] for t in tuning["trials"]][0] == 1e-3  # the untuned setting first
+    best = tuning["best"]
+    trained = yaml.safe_load((folder / "runs" / "full" / "config.yaml").read_text())
+    assert trained["train"]["learning_rate"] == best["params"]["learning_rate"]
+    assert rows["full"]["runs"][0]["validation"]["f1"] == pytest.approx(best["value"], abs=1e-9)
+    for row in rows.values():
+        for split in ("validation", "test"):
+            lo, hi = row["interval"][split]
+            assert lo <= hi and 0 <= lo and hi <= 1
+    assert result["sizes"] == {"validation": 24, "test": 24}
+    assert set(result["recommendation"]["tied"]) <= {"prompt", "full"}
+    header = table_rows(result)[0]
+    assert "test f1 (mean ± sd, 2 seeds)" in header
+    html = (folder / "report.html").read_text()
+    assert "trial" in html.lower()
+    # Run again: every run and the search are reused, nothing trains.
+    logs.clear()
+    again = compare(cfg, ["prompt", "full"], ["compare.seeds=2", "tune.trials=2"], output=tmp_path / "cmp",
+                    log=logs.append)
+    assert sum("reusing the finished run" in line for line in logs) == 3
+    assert not any("trials to run" in line for line in logs)  # the search had ended: no trial runs again
+    assert again["recommendation"] == result["recommendation"]
+
+
+def test_one_seed_shows_bootstrap_half_widths_and_paired_differences(tiny_config, tmp_path):
+    from tunelab.comparison import table_rows
+    result = compare(tiny_config("lora"), ["prompt", "lora"], output=tmp_path / "cmp", name="one",
+                     log=lambda _: None)
+    rows = table_rows(result)
+    assert rows[0][2] == "test f1 (± 90% interval)"
+    best = result["recommendation"]["best"]
+    assert f"validation f1 − {best}'s (90% paired interval)" in rows[0]
+    other = next(r for r in result["rows"] if r["method"] != best)
+    d = other["difference"]["validation"]
+    assert d["interval"][0] <= d["value"] <= d["interval"][1]
+    cells = next(r for r in rows if r[0] == other["method"])
+    assert f"{d['value']:+.4f} [" in " ".join(cells) and "±" in cells[2]

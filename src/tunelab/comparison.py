@@ -15,13 +15,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import yaml
 
 from .config import RunConfig, _merge, differences, load_config
 from .errors import ConfigError, TunelabError
 from .methods import METHODS
+from .measured import measure
 from .recommend import recommend_measured
 from .training.checkpoint import checkpoint_folder
+from .tune import with_params
 
 
 def default_methods(cfg: RunConfig) -> list[str]:
@@ -52,7 +55,8 @@ def compare(config: RunConfig | str | Path | dict, methods: list[str] | None = N
             overrides: list[str] | None = None, *, output: str | Path = "comparisons", name: str | None = None,
             overwrite: bool = False, max_minutes: float | None = None, max_memory_mb: float | None = None,
             log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train each method, write `comparison.json` and the report; returns the comparison."""
+    """Train each method (after a search of its settings with `tune.trials`, on `compare.seeds` seeds), write
+    `comparison.json` and the report; returns the comparison."""
     base = _base_dict(config, overrides)
     cfg = load_config(base)
     methods = methods or default_methods(cfg)
@@ -61,18 +65,29 @@ def compare(config: RunConfig | str | Path | dict, methods: list[str] | None = N
         raise ConfigError([f"--methods: {METHODS.unknown(m)}" for m in unknown])
     for m in methods:  # every method's config is validated before anything trains
         load_config(method_config(base, m, Path(".")))
-    folder = Path(output) / (name or cfg.name or _default_name(cfg))
+    # A comparison at tuned settings is another comparison: it must not meet the untuned runs' folder.
+    default_name = (cfg.name or _default_name(cfg)) + ("-tuned" if cfg.tune.trials else "")
+    folder = Path(output) / (name or default_name)
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, method in enumerate(methods, start=1):
         log(f"[{i}/{len(methods)}] {method}")
-        method_cfg = load_config(method_config(base, method, folder))
-        rows.append(_run_method(method, method_cfg, folder, overwrite, log))
+        rows.append(_compare_method(method, base, cfg, folder, overwrite, log))
+    task = _task(cfg)
+    metric = cfg.train.early_stopping.metric or task.default_metric
+    seeds = [cfg.train.seed + k for k in range(cfg.compare.seeds)]
     comparison = {"name": folder.name, "folder": str(folder), "task": cfg.task, "model": cfg.model,
-                  "dataset": cfg.data.source, "seed": cfg.data.split.seed, "methods": methods,
-                  "metric": cfg.train.early_stopping.metric or _task(cfg).default_metric,
+                  "dataset": cfg.data.source, "seed": cfg.data.split.seed, "seeds": seeds, "methods": methods,
+                  "metric": metric, "confidence": cfg.compare.confidence, "resamples": cfg.compare.resamples,
                   "budget": {"max_minutes": max_minutes, "max_memory_mb": max_memory_mb}, "rows": rows}
-    comparison["recommendation"] = recommend_measured(comparison, _task(cfg))
+    measured = measure(rows, metric, task, cfg.compare.confidence, cfg.compare.resamples)
+    comparison["sizes"] = measured.sizes
+    for row in rows:
+        if row["status"] == "ok":
+            row["interval"] = {split: measured.interval(row["method"], split) for split in ("validation", "test")}
+    comparison["recommendation"] = recommend_measured(comparison, task, measured)
+    if len(seeds) > 1:
+        comparison["per_seed"] = [_seed_alone(comparison, k, task) for k in range(len(seeds))]
     tmp = folder / ".comparison.json.partial"
     tmp.write_text(json.dumps(comparison, indent=2) + "\n")
     tmp.replace(folder / "comparison.json")  # written whole or not at all
@@ -80,6 +95,94 @@ def compare(config: RunConfig | str | Path | dict, methods: list[str] | None = N
     write_report(folder)
     _print_table(comparison, log)
     return comparison
+
+
+def _compare_method(method: str, base: dict[str, Any], cfg: RunConfig, folder: Path, overwrite: bool,
+                    log) -> dict[str, Any]:
+    """One row: the method's search (when asked), then one run per training seed."""
+    config = method_config(base, method, folder)
+    trains = METHODS.get(method).trains
+    tuning = None
+    if cfg.tune.trials and trains:
+        tuning = _tune_method(method, config, folder, cfg.tune.trials, cfg.tune.minutes, overwrite, log)
+        if tuning.get("status") == "failed":
+            return tuning
+        config = with_params(config, tuning["best"]["params"])
+    # Only what trains depends on its seed; the prompt search is deterministic.
+    seeds = [cfg.train.seed + k for k in range(cfg.compare.seeds if trains else 1)]
+    runs = []
+    for k, seed in enumerate(seeds):
+        if len(seeds) > 1:
+            log(f"  seed {seed} ({k + 1} of {len(seeds)})")
+        run_name = method if k == 0 else f"{method}-seed{seed}"  # the first seed's run keeps the method's name
+        run_cfg = load_config(_merge(config, {"name": run_name, "train": {"seed": seed}}))
+        runs.append(_run_method(method, run_cfg, folder, overwrite, log, run_name))
+        if runs[-1]["status"] != "ok":
+            return {**runs[-1], "reason": runs[-1]["reason"] + (f" (seed {seed})" if len(seeds) > 1 else "")}
+    return combine_seeds(runs, tuning)
+
+
+def _seed_alone(comparison: dict[str, Any], k: int, task) -> dict[str, Any]:
+    """What the comparison would have recommended with the k-th training seed alone: if the picks of single
+    seeds disagree, one run per method would not have been enough."""
+    rows = []
+    for row in comparison["rows"]:
+        if row["status"] == "ok":
+            run = row["runs"][min(k, len(row["runs"]) - 1)]  # a method that runs once (prompt) serves every seed
+            row = {**row, **run, "runs": [run], "spread": None}
+        rows.append(row)
+    alone = {**comparison, "rows": rows, "seeds": [comparison["seeds"][k]]}
+    measured = measure(rows, comparison["metric"], task, comparison["confidence"], comparison["resamples"])
+    rec = recommend_measured(alone, task, measured)
+    return {"seed": comparison["seeds"][k], "method": rec["method"], "best": rec["best"], "tied": rec["tied"]}
+
+
+def combine_seeds(runs: list[dict[str, Any]], tuning: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A method's row from its runs: means over seeds, their standard deviations in `spread`."""
+    row = dict(runs[0])
+    row["runs"] = [{"seed": r["seed"], "run_folder": r["run_folder"], "validation": r["validation"],
+                    "test": r["test"], "fit_seconds": r["fit_seconds"]} for r in runs]
+    row["spread"] = None
+    if len(runs) > 1:
+        row["spread"] = {}
+        for split in ("validation", "test"):
+            keys = [k for k in runs[0][split] if all(k in r[split] for r in runs)]
+            row[split] = {k: float(np.mean([r[split][k] for r in runs])) for k in keys}
+            row["spread"][split] = {k: float(np.std([r[split][k] for r in runs], ddof=1)) for k in keys}
+        row["fit_seconds"] = float(np.mean([r["fit_seconds"] for r in runs]))
+        row["peak_memory_mb"] = max(r["peak_memory_mb"] for r in runs)
+        row["predict_examples_per_second"] = float(np.mean([r["predict_examples_per_second"] for r in runs]))
+        row["warnings"] = list(dict.fromkeys(w for r in runs for w in r["warnings"]))
+    row["tuning"] = tuning
+    return row
+
+
+def _tune_method(method: str, config: dict[str, Any], folder: Path, trials: int, minutes: float | None,
+                 overwrite: bool, log) -> dict[str, Any]:
+    """Search the method's settings in a process of its own (`tunelab tune --search-only`); its trials stay in
+    `tuning/<method>.db`, so that an interrupted comparison resumes the search."""
+    storage = folder / "tuning" / f"{method}.db"
+    cfg = load_config(config)
+    metric = cfg.train.early_stopping.metric or _task(cfg).default_metric
+    if overwrite and storage.exists():
+        storage.unlink()
+    config_path = folder / "tuning" / f".{method}.yaml"
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    command = [sys.executable, "-m", "tunelab.cli", "tune", str(config_path), "--trials", str(trials),
+               "--storage", str(storage), "--search-only"] + (["--minutes", str(minutes)] if minutes else [])
+    log(f"  searching {trials} settings on the validation split (trials in {storage})")
+    try:
+        status, last, seconds = _stream(command, folder / "tuning" / f"{method}.log", log)
+    finally:
+        config_path.unlink(missing_ok=True)
+    if status != 0:
+        reason = _failure_reason(status, last)
+        log(f"  {method}'s search failed: {reason}")
+        return {"method": method, "family": METHODS.get(method).family, "status": "failed",
+                "reason": f"search: {reason}", "seconds": seconds, "log": str(folder / "tuning" / f"{method}.log")}
+    from .tune import load_summary
+    return load_summary(storage, method, metric)
 
 
 def _task(cfg: RunConfig):
@@ -106,26 +209,43 @@ def _default_name(cfg: RunConfig) -> str:
     return f"{source}-{Path(cfg.model).name}"
 
 
-def _run_method(method: str, cfg: RunConfig, folder: Path, overwrite: bool, log) -> dict[str, Any]:
-    run = folder / "runs" / method
+def _run_method(method: str, cfg: RunConfig, folder: Path, overwrite: bool, log, run_name: str | None = None
+                ) -> dict[str, Any]:
+    run_name = run_name or method
+    run = folder / "runs" / run_name
     wanted = cfg.to_dict()
     if (run / "metrics.json").is_file() and not overwrite:
         had = _as_now(yaml.safe_load((run / "config.yaml").read_text()))
         changed = differences(had, wanted)
         if not changed:
             log(f"  reusing the finished run {run}")
-            return _row(method, run)
+            return _row(method, run, cfg.train.seed)
         raise TunelabError(f"{run} was trained with another config ({'; '.join(changed[:3])}); pass --name NEW for a "
                            f"new comparison, or --overwrite to retrain")
-    config_path = folder / "runs" / f".{method}.yaml"
+    config_path = folder / "runs" / f".{run_name}.yaml"
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump(wanted, sort_keys=False))
     command = [sys.executable, "-m", "tunelab.cli", "train", str(config_path)] + (["--overwrite"] if overwrite else [])
     if checkpoint_folder(run).is_dir():  # the method was interrupted in an earlier comparison: go on from there
         command.append("--resume")
         log(f"  resuming from its checkpoint in {checkpoint_folder(run)}")
+    log_path = folder / "runs" / f"{run_name}.log"
+    try:
+        status, last, seconds = _stream(command, log_path, log)
+    finally:
+        config_path.unlink(missing_ok=True)  # the method's config lives in its run folder once it has one
+    if status != 0:
+        reason = _failure_reason(status, last)
+        log(f"  {method} failed: {reason} (log: {log_path})")
+        return {"method": method, "family": METHODS.get(method).family, "status": "failed", "reason": reason,
+                "seconds": seconds, "log": str(log_path)}
+    return _row(method, run, cfg.train.seed)
+
+
+def _stream(command: list[str], log_path: Path, log) -> tuple[int, str, float]:
+    """Run a tunelab command in a process of its own, its output to `log_path` and to `log`; returns its exit
+    status, its last line and its seconds."""
     started = time.time()
-    log_path = folder / "runs" / f"{method}.log"
     with log_path.open("w") as log_file:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -137,18 +257,11 @@ def _run_method(method: str, cfg: RunConfig, folder: Path, overwrite: bool, log)
                     last = line.strip()
                     log(f"  {line.rstrip()}")
             status = process.wait()
-        except BaseException:  # Ctrl-C or SIGTERM here: the method's run stops too, and cleans up after itself
+        except BaseException:  # Ctrl-C or SIGTERM here: the child stops too, and cleans up after itself
             process.terminate()
             process.wait()
             raise
-        finally:
-            config_path.unlink(missing_ok=True)  # the method's config lives in its run folder once it has one
-    if status != 0:
-        reason = _failure_reason(status, last)
-        log(f"  {method} failed: {reason} (log: {log_path})")
-        return {"method": method, "family": METHODS.get(method).family, "status": "failed", "reason": reason,
-                "seconds": round(time.time() - started, 1), "log": str(log_path)}
-    return _row(method, run)
+    return status, last, round(time.time() - started, 1)
 
 
 def _as_now(saved: dict[str, Any]) -> dict[str, Any]:
@@ -167,10 +280,10 @@ def _failure_reason(status: int, last: str) -> str:
     return last or f"exit status {status}"
 
 
-def _row(method: str, run: Path) -> dict[str, Any]:
+def _row(method: str, run: Path, seed: int) -> dict[str, Any]:
     m = json.loads((run / "metrics.json").read_text())
     size = sum(p.stat().st_size for p in (run / "model").rglob("*") if p.is_file())
-    return {"method": method, "family": m["family"], "status": "ok", "run_folder": str(run),
+    return {"method": method, "family": m["family"], "status": "ok", "run_folder": str(run), "seed": seed,
             "test": _scalars(m["test"]), "validation": _scalars(m["validation"]),
             "parameters": m["parameters"], "fit_seconds": m["time"]["fit_seconds"],
             "peak_memory_mb": m["memory"]["device_peak_mb"] or m["memory"]["peak_rss_mb"],
@@ -192,22 +305,58 @@ def shown_metrics(comparison: dict[str, Any]) -> list[str]:
 
 
 def table_rows(comparison: dict[str, Any]) -> list[list[str]]:
-    """The results table as text cells (shared by the console, report.md and report.html)."""
+    """The results table as text cells (shared by the console, report.md and report.html).
+
+    The main metric shows how sure it is: ± half the bootstrap interval with one training seed, ± the standard
+    deviation over seeds with several; and each method's paired difference from the recommended one."""
     metric = comparison["metric"]
     shown = shown_metrics(comparison)
-    header = ["method", "family", *(f"test {m}" for m in shown),
-              f"validation {metric}", "trainable params", "trainable %", "train time (s)", "peak memory (MB)",
-              "saved size (MB)", "predict (ex/s)"]
+    seeds = len(comparison.get("seeds") or [0])
+    level = f"{comparison.get('confidence', 0.9):.0%}"
+    sure = f" (mean ± sd, {seeds} seeds)" if seeds > 1 else f" (± {level} interval)"
+    best = (comparison.get("recommendation") or {}).get("best")
+    header = ["method", "family", *(f"test {m}" + (sure if m == metric else "") for m in shown),
+              f"validation {metric}{sure}", f"validation {metric} − {best}'s ({level} paired interval)",
+              "trainable params", "trainable %", "train time (s)", "peak memory (MB)", "saved size (MB)",
+              "predict (ex/s)"]
+    if not best or not any(r.get("difference") for r in comparison["rows"]):
+        del header[len(shown) + 3]
     out = [header]
     for r in comparison["rows"]:
         if r["status"] != "ok":
             out.append([r["method"], r["family"], "failed: " + r["reason"]] + [""] * (len(header) - 3))
             continue
-        out.append([r["method"], r["family"], *(_fmt(r["test"].get(m)) for m in shown),
-                    _fmt(r["validation"].get(metric)), f"{r['parameters']['trainable']:,}",
-                    f"{r['parameters']['trainable_percent']:.2f}", f"{r['fit_seconds']:.0f}",
-                    f"{r['peak_memory_mb']:.0f}", f"{r['saved_size_mb']:.2f}", _rate(r['predict_examples_per_second'])])
+        cells = [r["method"], r["family"], *(_sure(r, "test", m, metric, seeds) for m in shown),
+                 _sure(r, "validation", metric, metric, seeds)]
+        if len(header) == len(shown) + 10:
+            cells.append(_difference(r, best))
+        out.append(cells + [f"{r['parameters']['trainable']:,}", f"{r['parameters']['trainable_percent']:.2f}",
+                            f"{r['fit_seconds']:.0f}", f"{r['peak_memory_mb']:.0f}", f"{r['saved_size_mb']:.2f}",
+                            _rate(r['predict_examples_per_second'])])
     return out
+
+
+def _sure(row: dict[str, Any], split: str, metric: str, main: str, seeds: int) -> str:
+    """"0.8160 ±0.0220": the value and how sure it is (only the main metric has an interval)."""
+    value = row[split].get(metric)
+    if value is None:
+        return ""
+    if metric != main:
+        return _fmt(value)
+    if seeds > 1 and row.get("spread"):
+        return f"{value:.4f} ±{row['spread'][split].get(metric, 0):.4f}"
+    interval = (row.get("interval") or {}).get(split)
+    return f"{value:.4f} ±{(interval[1] - interval[0]) / 2:.4f}" if interval else _fmt(value)
+
+
+def _difference(row: dict[str, Any], best: str) -> str:
+    if row["method"] == best:
+        return "(best)"
+    d = (row.get("difference") or {}).get("validation")
+    if not d:
+        return ""
+    lo, hi = d["interval"]
+    return f"{d['value']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
 
 
 def _rate(v: float) -> str:
@@ -227,4 +376,8 @@ def _print_table(comparison: dict[str, Any], log) -> None:
         log("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     log("")
     log(f"recommendation: {comparison['recommendation']['text']}")
+    if comparison.get("per_seed"):
+        log("each training seed alone: " + "; ".join(
+            f"seed {p['seed']} → {p['method']}" + (f" (tied: {', '.join(p['tied'])})" if len(p["tied"]) > 1 else "")
+            for p in comparison["per_seed"]))
     log(f"report: {Path(comparison['folder']) / 'report.html'}")

@@ -1,7 +1,8 @@
 """Which method to use: measured after a comparison, or estimated before any training.
 
 After a comparison the choice is the best validation metric among the methods within the
-budget; methods within `TIE` of the best count as tied and the cheapest of them wins (fewest
+budget; methods whose paired bootstrap interval of the difference from the best includes 0 (or,
+with several seeds, within the seeds' spread) count as tied and the cheapest of them wins (fewest
 trainable weights, then least time). The test split is never looked at.
 
 Before training, the guide: little data → prompt engineering, a moderate amount → PEFT (LoRA),
@@ -9,7 +10,10 @@ much data and compute → full fine-tuning; then stepped down while the estimate
 """
 from __future__ import annotations
 
+import math
 from typing import Any
+
+from .measured import Measured
 
 TIE = 0.01  # absolute, for metrics in [0, 1] (1 point of chrF/BLEU); relative for error metrics (mse, loss)
 NAMES = {"full": "full fine-tuning", "lora": "LoRA", "adapter": "bottleneck adapters", "prompt": "prompt engineering",
@@ -44,7 +48,15 @@ def _within_budget(row: dict[str, Any], budget: dict[str, Any]) -> str | None:
     return None
 
 
-def recommend_measured(comparison: dict[str, Any], task) -> dict[str, Any]:
+def recommend_measured(comparison: dict[str, Any], task, measured: Measured | None = None) -> dict[str, Any]:
+    """The method to use, from the validation split, stated with how sure the choice is.
+
+    A method is tied with the best (highest mean validation metric) when the paired interval of their
+    difference includes 0, or, with several training seeds, when the difference of their means is within the
+    seeds' spread (the standard deviation of the difference of one run of each). Among tied methods the one with
+    fewer trainable weights, then less training time, wins. Without an interval (a metric that cannot be
+    resampled, such as perplexity, or runs saved by an older tunelab) a method within `TIE` of the best is tied.
+    Writes each row's paired `difference` from the best."""
     metric = comparison["metric"]
     lower = metric in task.lower_is_better
     budget = comparison.get("budget") or {}
@@ -53,7 +65,7 @@ def recommend_measured(comparison: dict[str, Any], task) -> dict[str, Any]:
     candidates = [r for r in ok if r["method"] not in excluded]
     if not candidates:
         text = "no method finished within the budget" if ok else "no method finished; see the failures above"
-        return {"method": None, "text": text, "excluded": excluded}
+        return {"method": None, "best": None, "tied": [], "text": text, "excluded": excluded}
 
     def value(r):
         return r["validation"][metric]
@@ -61,30 +73,113 @@ def recommend_measured(comparison: dict[str, Any], task) -> dict[str, Any]:
     sign = 1 if lower else -1
     best = min(candidates, key=lambda r: (sign * value(r), *_cost(r), r["method"]))  # order-independent
     tolerance = TIE * abs(value(best)) if lower else TIE * (100 if metric in task.percent_metrics else 1)
-    tied = [r for r in candidates if abs(value(r) - value(best)) <= tolerance]
+    for r in ok:
+        r["difference"] = None if r is best or measured is None else {
+            split: measured.difference(r["method"], best["method"], split) for split in ("validation", "test")}
+    why = {r["method"]: _tie(r, best, metric, tolerance) for r in candidates if r is not best}
+    tied = sorted((r for r in candidates if r is best or why[r["method"]]),
+                  key=lambda r: (sign * value(r), *_cost(r), r["method"]))  # best first, in any input order
     chosen = min(tied, key=lambda r: (*_cost(r), r["method"]))
-    sentences = []
+    n = measured.sizes.get("validation") if measured else None
+    sentences = [_headline(chosen, best, tied, why, metric, lower, n, comparison)]
+    separated = [r for r in candidates if r is not best and not why[r["method"]]]
+    if chosen is best and separated:
+        runner = min(separated, key=lambda r: (sign * value(r), *_cost(r), r["method"]))
+        sentences.append(f"The next, {label(runner['method'])}, {_gap(runner, lower, metric)}, a difference that "
+                         f"{f'{n:,} examples' if n else 'the validation split'} resolve.")
+    if len(tied) == len(candidates) > 1 and measured is not None and n:
+        widest = max((r for r in tied if r is not best), key=lambda r: abs(_d(r)["value"]) if _d(r) else 0)
+        needed = measured.to_resolve(_d(widest)) if _d(widest) else None
+        if needed:
+            sentences.append(f"{n:,} validation examples cannot separate these methods: a difference of "
+                             f"{abs(_d(widest)['value']):.3g} would need about {_round(needed):,}.")
     if chosen is best:
-        # Not "X has the best": "bottleneck adapters has" would not read.
-        sentences.append(f"Best validation {metric}: {label(chosen['method'])} ({value(chosen):.4f}).")
-        # "cheaper" would read as faster, and a method with fewer weights can take longer: name the measure.
         smaller = [r for r in candidates if r["parameters"]["trainable"] < chosen["parameters"]["trainable"]]
         if smaller:
             runner = min(smaller, key=lambda r: (sign * value(r), *_cost(r), r["method"]))
             sentences.append(f"The best method with fewer trainable weights, {label(runner['method'])}, "
                              + _relative(runner, chosen, metric, lower) + ".")
-    else:
-        sentences.append(f"{cap(label(chosen['method']))} "
-                         + _relative(chosen, best, metric, lower, plural(chosen["method"]))
-                         + f" — within {tolerance:.3g} of the best, so the method with fewer trainable weights wins.")
-    for method, why in excluded.items():
-        sentences.append(f"{cap(label(method))} {'were' if plural(method) else 'was'} left out by the budget ({why}).")
+    for method, reason in excluded.items():
+        sentences.append(f"{cap(label(method))} {'were' if plural(method) else 'was'} left out by the budget "
+                         f"({reason}).")
     failed = [r["method"] for r in comparison["rows"] if r["status"] != "ok"]
     if failed:
         sentences.append(f"Failed: {', '.join(failed)}.")
     sentences.append("Chosen on the validation split; the test split was not used.")
-    return {"method": chosen["method"], "text": " ".join(sentences), "excluded": excluded,
-            "validation": value(chosen), "tolerance": tolerance}
+    return {"method": chosen["method"], "best": best["method"], "tied": [r["method"] for r in tied],
+            "text": " ".join(sentences), "excluded": excluded, "validation": value(chosen), "tolerance": tolerance,
+            "rule": {m: w for m, w in why.items()}}
+
+
+def _d(row: dict[str, Any]) -> dict[str, Any] | None:
+    return (row.get("difference") or {}).get("validation")
+
+
+def _tie(row: dict[str, Any], best: dict[str, Any], metric: str, tolerance: float) -> str | None:
+    """Why `row` counts as tied with the best ("interval", "seeds", "tolerance"), or None where it is not."""
+    d = _d(row)
+    if row.get("spread") and best.get("spread"):
+        spread = math.hypot(row["spread"]["validation"].get(metric, 0), best["spread"]["validation"].get(metric, 0))
+        if abs(row["validation"][metric] - best["validation"][metric]) <= spread:
+            return "seeds"
+    if d is not None:
+        lo, hi = d["interval"]
+        return "interval" if lo <= 0 <= hi else None
+    return "tolerance" if abs(row["validation"][metric] - best["validation"][metric]) <= tolerance else None
+
+
+def _headline(chosen, best, tied, why, metric, lower, n, comparison) -> str:
+    level = f"{comparison.get('confidence', 0.9):.0%}"
+    seeds = len(comparison.get("seeds") or [0])
+    where = f"on {n:,} validation examples" if n else "on the validation split"
+    mean = f", mean of {seeds} training seeds" if seeds > 1 else ""
+    interval = (best.get("interval") or {}).get("validation")
+    figure = f"{best['validation'][metric]:.4f}" + (f", {level} interval {interval[0]:.4f} … {interval[1]:.4f}"
+                                                    if interval else "")
+    if chosen is best:
+        text = f"Best validation {metric}: {label(best['method'])} ({figure}{mean})."
+        others = [r for r in tied if r is not best]
+        if others:
+            text += " " + "; ".join(f"{label(r['method'])} {'are' if plural(r['method']) else 'is'} tied with it "
+                                    f"({_evidence(r, why[r['method']], level, metric)})" for r in others)
+            text += f", but {'train' if len(others) > 1 or plural(others[0]['method']) else 'trains'} more weights."
+        return text
+    text = (f"{cap(label(chosen['method']))} and {label(best['method'])} are tied {where}{mean} "
+            f"({_evidence(chosen, why[chosen['method']], level, metric)}); "
+            f"{label(chosen['method'])} {'train' if plural(chosen['method']) else 'trains'} "
+            f"{_share(chosen, best)} of {possessive(label(best['method']))} weights"
+            f" in {chosen['fit_seconds'] / max(1e-9, best['fit_seconds']):.0%} of the time, so "
+            f"{'they are' if plural(chosen['method']) else 'it is'} recommended.")
+    return text
+
+
+def _evidence(row, why: str, level: str, metric: str) -> str:
+    d = _d(row)
+    if why == "seeds":
+        return f"difference of means {d['value'] if d else 0:+.4f}, within the seeds' spread"
+    if why == "interval":
+        lo, hi = d["interval"]
+        return f"difference {d['value']:+.4f}, {level} paired interval {lo:+.4f} … {hi:+.4f}"
+    return f"within {TIE} of the best; no interval for {metric}"
+
+
+def _gap(row, lower: bool, metric: str) -> str:
+    d = _d(row)
+    if d is None:
+        return f"has a validation {metric} of {row['validation'][metric]:.4f}"
+    lo, hi = d["interval"]
+    word = "higher" if d["value"] > 0 else "lower"
+    return f"is {word} by {abs(d['value']):.4f} (paired interval {lo:+.4f} … {hi:+.4f})"
+
+
+def _share(a, b) -> str:
+    wa, wb = a["parameters"]["trainable"], b["parameters"]["trainable"]
+    return "none" if wa == 0 else f"{wa / max(1, wb):.1%}"
+
+
+def _round(n: int) -> int:
+    """Two significant figures: the estimate is no finer than that."""
+    return int(float(f"{n:.2g}"))
 
 
 def _cost(row: dict[str, Any]) -> tuple[int, float]:
