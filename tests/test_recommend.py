@@ -52,8 +52,23 @@ def test_a_paired_interval_that_includes_zero_is_a_tie_and_the_method_with_fewer
     assert rec["text"].startswith("LoRA and bottleneck adapters are tied on 300 validation examples (difference "
                                   "-0.0170, 90% paired interval -0.0460 … +0.0120); LoRA trains 59.3% of bottleneck "
                                   "adapters' weights in 121% of the time, so it is recommended.")
+    # Half-width 0.029 at 300 examples; a difference of 0.017 needs (0.029 / 0.017)² × 300 ≈ 873 → 870.
+    assert "Telling LoRA and bottleneck adapters apart would take about 870 validation examples." in rec["text"]
     assert rows[0]["difference"]["validation"]["interval"] == [-0.046, 0.012]
     assert rows[1]["difference"] is None  # the best has no difference from itself
+
+
+def test_every_method_tied_with_the_best_is_named():
+    """The demo: LoRA, adapters and full fine-tuning within each other's intervals, the prompt well below."""
+    rows = [row("lora", 0.7987, 222_338, 434), row("adapter", 0.8160, 374_690, 404),
+            row("full", 0.7979, 22_713_986, 562), row("prompt", 0.7512, 0, 31)]
+    measured = Intervals({"lora": (-0.0173, -0.0499, 0.0188), "full": (-0.0181, -0.0488, 0.0106),
+                          "prompt": (-0.0649, -0.1072, -0.0252)})
+    rec = recommend_measured(comparison(rows), CLS, measured)
+    assert rec["method"] == "lora" and rec["tied"] == ["adapter", "lora", "full"]
+    assert ("Also tied, with more weights: full fine-tuning (difference -0.0181, 90% paired interval -0.0488 … "
+            "+0.0106).") in rec["text"]
+    assert "cannot separate" not in rec["text"]  # the prompt is separated
 
 
 def test_an_interval_that_excludes_zero_separates_methods_even_when_close():

@@ -380,4 +380,9 @@ def _print_table(comparison: dict[str, Any], log) -> None:
         log("each training seed alone: " + "; ".join(
             f"seed {p['seed']} → {p['method']}" + (f" (tied: {', '.join(p['tied'])})" if len(p["tied"]) > 1 else "")
             for p in comparison["per_seed"]))
+    tuned = any(r.get("tuning") for r in comparison["rows"])
+    if len(comparison.get("seeds") or [0]) == 1 or not tuned:
+        log("how sure: " + "; ".join(
+            ([] if len(comparison.get("seeds") or [0]) > 1 else ["--seeds 3 repeats each training on 3 seeds"])
+            + ([] if tuned else ["--tune 8 compares each method at its best of 8 settings"])))
     log(f"report: {Path(comparison['folder']) / 'report.html'}")

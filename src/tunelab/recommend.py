@@ -87,6 +87,11 @@ def recommend_measured(comparison: dict[str, Any], task, measured: Measured | No
         runner = min(separated, key=lambda r: (sign * value(r), *_cost(r), r["method"]))
         sentences.append(f"The next, {label(runner['method'])}, {_gap(runner, lower, metric)}, a difference that "
                          f"{f'{n:,} examples' if n else 'the validation split'} resolve.")
+    if chosen is not best and len(tied) < len(candidates) and measured is not None and n and _d(chosen):
+        needed = measured.to_resolve(_d(chosen))
+        if needed:
+            sentences.append(f"Telling {label(chosen['method'])} and {label(best['method'])} apart would take about "
+                             f"{_round(needed):,} validation examples.")
     if len(tied) == len(candidates) > 1 and measured is not None and n:
         widest = max((r for r in tied if r is not best), key=lambda r: abs(_d(r)["value"]) if _d(r) else 0)
         needed = measured.to_resolve(_d(widest)) if _d(widest) else None
@@ -150,6 +155,10 @@ def _headline(chosen, best, tied, why, metric, lower, n, comparison) -> str:
             f"{_share(chosen, best)} of {possessive(label(best['method']))} weights"
             f" in {chosen['fit_seconds'] / max(1e-9, best['fit_seconds']):.0%} of the time, so "
             f"{'they are' if plural(chosen['method']) else 'it is'} recommended.")
+    others = [r for r in tied if r is not best and r is not chosen]
+    if others:
+        text += " Also tied, with more weights: " + "; ".join(
+            f"{label(r['method'])} ({_evidence(r, why[r['method']], level, metric)})" for r in others) + "."
     return text
 
 
