@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 from markupsafe import escape
+from matplotlib.container import ErrorbarContainer
 from matplotlib.transforms import Bbox
 
 from tunelab.cli import main
 from tunelab.comparison import compare
 from tunelab.errors import TunelabError
-from tunelab.report import write_report
+from tunelab.report import plots, write_report
 from tunelab.report.plots import Point, pareto
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -110,6 +111,105 @@ def test_cli_rebuilds_the_report_with_a_failed_method(classification, tmp_path, 
     assert not list(folder.glob(".report-*"))
 
 
+TRIALS = [  # lora's search: completed, pruned (with and without a value), failed; trial 2 is the best
+    {"number": 0, "state": "COMPLETE", "params": {"learning_rate": 5e-4, "r": 8}, "value": 0.61, "epochs": 2,
+     "seconds": 4.0, "default": True, "error": None},
+    {"number": 1, "state": "PRUNED", "params": {"learning_rate": 1e-5, "r": 4}, "value": 0.40, "epochs": 1,
+     "seconds": 2.0, "default": False, "error": None},
+    {"number": 2, "state": "COMPLETE", "params": {"learning_rate": 2e-3, "r": 16}, "value": 0.72, "epochs": 2,
+     "seconds": 4.5, "default": False, "error": None},
+    {"number": 3, "state": "FAIL", "params": {"learning_rate": 3e-3, "r": 16}, "value": None, "epochs": None,
+     "seconds": 1.0, "default": False, "error": "CUDA out of memory"},
+]
+TUNING = {"metric": "f1", "direction": "maximize", "trials": TRIALS,
+          "best": {"number": 2, "params": {"learning_rate": 2e-3, "r": 16}, "value": 0.72},
+          "default": {"params": {"learning_rate": 5e-4, "r": 8}, "value": 0.61}, "seconds": 11.5}
+
+
+def _rebuild(folder: Path, monkeypatch) -> list:
+    """Rebuilds the report; returns the quality/cost figures it drew, to inspect what the PNGs show."""
+    drawn, draw = [], plots.quality_vs_cost_figure
+    monkeypatch.setattr(plots, "quality_vs_cost_figure", lambda *a, **k: drawn.append(draw(*a, **k)) or drawn[-1])
+    write_report(folder)
+    return drawn
+
+
+def _bars(fig) -> list[tuple[float, float]]:
+    """(lowest, highest) y of each error bar drawn (the legend's empty stand-in has no segments)."""
+    out = []
+    for container in fig.axes[0].containers:
+        if isinstance(container, ErrorbarContainer):
+            for collection in container.lines[2]:
+                out += [(min(s[:, 1]), max(s[:, 1])) for s in collection.get_segments()]
+    return out
+
+
+def _near(got: list[tuple[float, float]], want: list[tuple[float, float]]) -> bool:
+    return len(got) == len(want) and all(g == pytest.approx(w) for g, w in zip(got, want))
+
+
+def test_report_shows_intervals_seeds_and_the_search(classification, tmp_path, monkeypatch):
+    folder = tmp_path / "copy"
+    shutil.copytree(classification, folder)
+    comparison = json.loads((folder / "comparison.json").read_text())
+    n = json.loads((folder / "runs" / "lora" / "metrics.json").read_text())["splits"]["test"]
+    comparison.update(confidence=0.8, resamples=500, seeds=[0, 1, 2], sizes={"validation": n, "test": n})
+    intervals = {"prompt": [0.2, 0.5], "lora": [0.3, 0.9], "full": [0.35, 0.55]}
+    for row in comparison["rows"]:
+        row["interval"] = {"validation": None, "test": intervals[row["method"]]}
+        row["tuning"] = TUNING if row["method"] == "lora" else None
+        if row["method"] != "prompt":  # prompt trains nothing: one run serves every seed
+            row["runs"] = [{"seed": s, "run_folder": row["run_folder"], "validation": row["validation"],
+                            "test": row["test"], "fit_seconds": row["fit_seconds"]} for s in (0, 1, 2)]
+            row["spread"] = {"validation": {"f1": 0.01}, "test": {"f1": 0.02}}
+    comparison["recommendation"]["tied"] = ["lora", "full"]
+    (folder / "comparison.json").write_text(json.dumps(comparison))
+
+    figures = _rebuild(folder, monkeypatch)
+    assert len(figures) == 2  # against parameters and against time
+    for fig in figures:
+        assert _near(sorted(_bars(fig)), sorted(tuple(v) for v in intervals.values()))
+    page = (folder / "report.html").read_text()
+    md = (folder / "report.md").read_text()
+    for text in (page, md):
+        assert f"Bars: 80% bootstrap interval over the {n} test examples (500 resamples)." in text
+        assert "Points are the mean of 3 training seeds (prompt: one run, as it trains nothing)." in text
+        assert "Tied with the best on the validation split: lora, full." in text
+        assert "Hyper-parameter search" in text and "Trials: lora" in text and "Trials: full" not in text
+    trials = re.search(r'<h3 id="trials-lora">.*?</table>', page, re.S).group(0)
+    rows = re.findall(r"<tr[^>]*>\s*<td class=\"num\">(\d+)</td>", trials)
+    assert rows == ["2", "0", "1", "3"]  # completed best first, then pruned, then the failed one
+    assert "CUDA out of memory" in trials and "untuned setting" in trials
+    assert "2e-3" in trials and "0.7200" in trials
+    assert 'id="tuning"' in page and (folder / "figures" / "tuning.png").read_bytes().startswith(PNG)
+    assert "lora ranges from 0.61 to 0.72 over learning rates from 5e-4 to 2e-3" in page
+    assert len(_images(page)) == 2 + 1 + len(METHODS) + 1  # and the search's figure
+
+
+def test_a_comparison_from_before_intervals_and_tuning_still_builds(classification, tmp_path, monkeypatch):
+    folder = tmp_path / "old"
+    shutil.copytree(classification, folder)
+    comparison = json.loads((folder / "comparison.json").read_text())
+    for key in ("confidence", "resamples", "seeds", "sizes", "per_seed"):
+        comparison.pop(key, None)
+    for row in comparison["rows"]:
+        for key in ("runs", "spread", "interval", "difference", "tuning"):
+            row.pop(key, None)
+    comparison["recommendation"].pop("tied", None)
+    (folder / "comparison.json").write_text(json.dumps(comparison))
+
+    figures = _rebuild(folder, monkeypatch)
+    assert len(figures) == 2 and all(_bars(fig) == [] for fig in figures)
+    assert all(not fig.axes[0].containers for fig in figures)  # not even the legend's stand-in
+    page = (folder / "report.html").read_text()
+    md = (folder / "report.md").read_text()
+    for text in (page, md):
+        assert "Bars:" not in text and "Hyper-parameter search" not in text and "Tied with" not in text
+        assert "training seeds" not in text and "bootstrap" not in text
+    assert len(_images(page)) == 2 + 1 + len(METHODS)
+    assert not (folder / "figures" / "tuning.png").exists()
+
+
 def test_report_of_a_folder_without_comparison(tmp_path, capsys):
     with pytest.raises(TunelabError, match="comparison.json not found"):
         write_report(tmp_path)
@@ -167,7 +267,7 @@ def test_regression_report(tiny_regression_csv, tiny_bert, tmp_path):
     page = (folder / "report.html").read_text()
     md = (folder / "report.md").read_text()
     table = _results_table(page)
-    assert "<th>test mse</th>" in table and "<td>lora" in table and "<td>full" in table
+    assert "<th>test mse" in table and "<td>lora" in table and "<td>full" in table
     assert "test accuracy" not in table  # a column no regression fills is left out
     assert "mse (lower is better)" in page
     assert "Confusion" not in page and "Confusion" not in md
@@ -227,24 +327,43 @@ def _time_ticks(points) -> list[str]:
     return [t.get_text() for t in labels]
 
 
+@pytest.mark.parametrize("bars", [False, True])
 @pytest.mark.parametrize("cost", ["parameters", "time"])
-def test_a_point_label_keeps_clear_of_other_markers_and_inside_the_axes(cost):
-    """Today's demo drew "full (22.7M)" starting right at the adapter marker, where it read as the adapter's label."""
-    from tunelab.report.plots import quality_vs_cost_figure
+def test_a_point_label_keeps_clear_of_other_markers_and_inside_the_axes(cost, bars):
+    """Today's demo drew "full (22.7M)" starting right at the adapter marker, where it read as the adapter's label.
+    With ±0.03 bars, "full (22.7M)" fell back onto the adapter's marker and bar: no corner beside full was free."""
+    from tunelab.report.plots import CAP, quality_vs_cost_figure
     costs = {"parameters": [0, 222_338, 374_690, 22_713_986], "time": [21, 156, 129, 246]}[cost]
-    points = [Point(m, c, q, f"C{i}") for i, (m, c, q) in enumerate(zip(
+    points = [Point(m, c, q, f"C{i}", (q - 0.035, q + 0.03) if bars else None) for i, (m, c, q) in enumerate(zip(
         ["prompt", "lora", "adapter", "full"], costs, [0.7310, 0.7860, 0.8303, 0.8171]))]
     fig = quality_vs_cost_figure(points, "f1", False, cost)
     ax = fig.axes[0]
     gap = 4 * fig.dpi / 72  # points → pixels
     frame = ax.get_window_extent()
+    assert len(ax.texts) == len(points)
     for text in ax.texts:
         box = text.get_window_extent(fig.canvas.get_renderer())
         # With the padding, "full (22.7M)" moved right of its point and out of the axes frame.
         assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, text
         own = text.get_text().split()[0]
         for p in points:
+            x, y = ax.transData.transform((max(p.cost, 1), p.quality))  # prompt's 0 is drawn at 1
             if p.method != own:
-                x, y = ax.transData.transform((max(p.cost, 1), p.quality))  # prompt's 0 is drawn at 1
                 r = 5 * fig.dpi / 72 + gap
                 assert not box.overlaps(Bbox.from_extents(x - r, y - r, x + r, y + r)), (text.get_text(), p.method)
+            if p.interval:  # no label across a bar, its own included (other bars with the same space as markers)
+                half = CAP * fig.dpi / 72 + (gap if p.method != own else 0)
+                lo, hi = (ax.transData.transform((1, v))[1] for v in p.interval)
+                bar = Bbox.from_extents(x - half, lo - (gap if p.method != own else 0), x + half,
+                                        hi + (gap if p.method != own else 0))
+                assert not box.overlaps(bar), (text.get_text(), p.method)
+
+
+def test_a_bar_spans_its_interval_even_where_the_point_lies_outside_it():
+    """With seeds, the point is the mean over seeds and the interval a bootstrap of the seed-averaged
+    predictions: the two need not agree, and a bar drawn as ± from the point would misstate the interval."""
+    points = [Point("lora", 1000, 0.80, "C0", (0.81, 0.86)), Point("full", 10**6, 0.82, "C1", (0.78, 0.84)),
+              Point("prompt", 0, 0.70, "C2")]
+    fig = plots.quality_vs_cost_figure(points, "f1", False, "parameters", "90% interval")
+    assert _near(sorted(_bars(fig)), [(0.78, 0.84), (0.81, 0.86)])
+    assert "90% interval" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]

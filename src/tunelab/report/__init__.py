@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TunelabError
-from . import plots
+from . import plots, tuning
+from .tuning import Tuned
 
 TOP_PROMPTS = 10
 PROMPT_COLUMNS = {"template": "input template", "label_template": "label template", "shots": "shots per class",
@@ -36,6 +37,14 @@ class Image:
 
 
 @dataclass
+class Bars:
+    """What the quality/cost charts' error bars show, for their legend and caption."""
+    split: str
+    legend: str
+    caption: str
+
+
+@dataclass
 class Report:
     title: str
     facts: list[tuple[str, str]]
@@ -49,9 +58,13 @@ class Report:
     warnings: dict[str, list[str]]
     prompt_search: dict[str, tuple[list[str], list[list[str]], int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    tied: list[str] = field(default_factory=list)  # the methods the recommendation could not tell from the best
+    tuning: list[Tuned] = field(default_factory=list)
+    tuning_figure: Image | None = None
 
     def images(self) -> list[Image]:
-        return self.charts + ([self.curves] if self.curves else []) + self.confusions
+        return (self.charts + ([self.curves] if self.curves else []) + self.confusions
+                + ([self.tuning_figure] if self.tuning_figure else []))
 
 
 def write_report(folder: str | Path) -> tuple[Path, Path]:
@@ -100,7 +113,7 @@ def build(folder: Path) -> Report:
     recommendation = comparison.get("recommendation") or {}
     chosen = recommendation.get("method")
 
-    charts, notes = _charts(ok, metric, lower, palette), []
+    charts, notes = _charts(ok, metric, lower, palette, _bars(comparison, ok, metrics)), []
     missing = [r["method"] for r in ok if metric not in r["test"]]
     if missing:
         notes.append(f"Not in the charts, as they have no test {metric}: {', '.join(missing)}.")
@@ -128,13 +141,48 @@ def build(folder: Path) -> Report:
 
     prompt_search = {m: _prompt_search(run, metric) for m, run in runs.items()
                      if (run / "prompt_search.jsonl").is_file()}
+    searches = tuning.tuned(ok)
+    drawn = tuning.png(searches, palette, lower)
     return Report(title=f"Comparison: {comparison['name']}", facts=_facts(comparison, lower),
                   recommended=chosen, recommendation=recommendation.get("text", "no recommendation was made"),
                   table=_drop_empty_columns(table_rows(comparison), failed), failed=failed, charts=charts,
-                  curves=curves, confusions=confusions, warnings=warnings, prompt_search=prompt_search, notes=notes)
+                  curves=curves, confusions=confusions, warnings=warnings, prompt_search=prompt_search, notes=notes,
+                  tied=list(recommendation.get("tied") or []), tuning=tuning.tables(searches),
+                  tuning_figure=Image("tuning", "Hyper-parameter search", *drawn) if drawn else None)
 
 
-def _charts(ok: list[dict[str, Any]], metric: str, lower: bool, palette: dict[str, str]) -> list[Image]:
+def _bars(comparison: dict[str, Any], ok: list[dict[str, Any]], metrics: dict[str, dict[str, Any]]) -> Bars:
+    """The bars are the rows' bootstrap intervals of the charts' split; a comparison written before tunelab
+    measured intervals has none, and its captions say nothing of bars."""
+    split = "test"  # the split the charts plot
+    with_bar = [r["method"] for r in ok if (r.get("interval") or {}).get(split)]
+    if not with_bar:
+        return Bars(split, "", "")
+    level = f"{comparison.get('confidence', 0.9):.0%}"
+    # The bootstrap's own count first; else what the first run recorded of its splits.
+    n = (comparison.get("sizes") or {}).get(split) or next(
+        (m.get("splits", {}).get(split) for m in metrics.values() if m.get("splits", {}).get(split)), None)
+    over = f"the {n} {split} examples" if n else f"the {split} examples"
+    resamples = f" ({comparison['resamples']} resamples)" if comparison.get("resamples") else ""
+    caption = f" Bars: {level} bootstrap interval over {over}{resamples}."
+    seeds = len(comparison.get("seeds") or [0])
+    if seeds > 1:
+        # A method that trains nothing runs once: its seed changes nothing.
+        once = [r for r in ok if len(r.get("runs") or [r]) == 1]
+        caption += f" Points are the mean of {seeds} training seeds"
+        if once:
+            why = "" if any(r["parameters"]["trainable"] for r in once) else \
+                f", as {'it trains' if len(once) == 1 else 'they train'} nothing"
+            caption += f" ({', '.join(r['method'] for r in once)}: one run{why})"
+        caption += "."
+    without = [r["method"] for r in ok if r["method"] not in with_bar and comparison["metric"] in r["test"]]
+    if without:
+        caption += f" No interval was computed for {', '.join(without)}."
+    return Bars(split, f"{level} interval", caption)
+
+
+def _charts(ok: list[dict[str, Any]], metric: str, lower: bool, palette: dict[str, str], bars: Bars
+            ) -> list[Image]:
     with_metric = [r for r in ok if metric in r["test"]]
     if not with_metric:
         return []
@@ -147,11 +195,17 @@ def _charts(ok: list[dict[str, Any]], metric: str, lower: bool, palette: dict[st
              "Trainable parameters on a log axis." + zero),
             ("time", "quality_vs_time", f"Test {metric} vs. training time", "Training time." + search)):
         points = [plots.Point(r["method"], r["parameters"]["trainable"] if cost == "parameters" else r["fit_seconds"],
-                              r["test"][metric], palette[r["method"]]) for r in with_metric]
+                              r["test"][metric], palette[r["method"]], _interval(r, bars.split))
+                  for r in with_metric]
         caption += (" The dashed line joins the Pareto frontier: the methods (outlined) that no other method "
-                    "beats at the same or lower cost.")
-        out.append(Image(name, title, plots.quality_vs_cost(points, metric, lower, cost), caption))
+                    "beats at the same or lower cost." + bars.caption)
+        out.append(Image(name, title, plots.quality_vs_cost(points, metric, lower, cost, bars.legend), caption))
     return out
+
+
+def _interval(row: dict[str, Any], split: str) -> tuple[float, float] | None:
+    interval = (row.get("interval") or {}).get(split)
+    return (float(interval[0]), float(interval[1])) if interval else None
 
 
 def _drop_empty_columns(table: list[list[str]], failed: dict[str, str]) -> list[list[str]]:
@@ -166,6 +220,11 @@ def _facts(comparison: dict[str, Any], lower: bool) -> list[tuple[str, str]]:
              ("methods", ", ".join(comparison["methods"])),
              ("metric", f"{comparison['metric']} ({'lower' if lower else 'higher'} is better)"),
              ("split seed", str(comparison.get("seed")))]
+    if comparison.get("seeds"):  # written since comparisons train on several seeds
+        facts.append(("training seeds", ", ".join(str(s) for s in comparison["seeds"])))
+    if comparison.get("confidence"):
+        facts.append(("intervals", f"{comparison['confidence']:.0%} bootstrap"
+                      + (f", {comparison['resamples']} resamples" if comparison.get("resamples") else "")))
     budget = {k: v for k, v in (comparison.get("budget") or {}).items() if v is not None}
     if budget:
         facts.append(("budget", ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in budget.items())))

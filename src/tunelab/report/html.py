@@ -54,6 +54,8 @@ ul.warnings li { color: #8a4b00; } .ok { color: #2f7d32; }
 {% if r.recommended %}Recommended: {{ r.recommended }}{% else %}No method to recommend{% endif %}
 </div>
 <div>{{ r.recommendation }}</div>
+{% if r.tied | length > 1 %}<div class="note">Tied with the best on the validation split: {{ r.tied | join(", ") }}.
+</div>{% endif %}
 </section>
 
 <h2 id="results">Results</h2>
@@ -88,6 +90,24 @@ use the validation split only.</p>
 {% elif method in r.prompt_search %}nothing trained, so nothing to overfit; the prompt was chosen on the validation
 split.
 {% else %}<span class="ok">no warning</span>{% endif %}</li>{% endfor %}</ul>
+
+{% if r.tuning %}<h2 id="hyper-parameter-search">Hyper-parameter search</h2>
+<p class="note">Each method's settings were searched on the validation split; the best trial's setting is the one
+the comparison trained and reports above.</p>
+{% if r.tuning_figure %}{{ figure(r.tuning_figure) }}{% endif %}
+{% for t in r.tuning %}
+<h3 id="trials-{{ t.method }}">Trials: {{ t.method }}</h3>
+<p>{{ t.summary }}</p>
+<div class="scroll"><table class="trials">
+<thead><tr>{% for h in t.header %}<th>{{ h }}</th>{% endfor %}</tr></thead>
+<tbody>{% for row in t.rows %}<tr{% if row[-1].startswith("best") %} class="chosen"{% endif %}>
+{% for cell in row %}<td{% if not loop.last and loop.index != 2 %} class="num"{% endif %}>{{ cell }}</td>{% endfor %}
+</tr>{% endfor %}</tbody>
+</table></div>
+{% endfor %}
+<p class="note">Completed trials first, best first; then trials stopped early (pruned), at the last value they
+reported after fewer epochs.</p>
+{% endif %}
 
 {% for method, (header, rows, total) in r.prompt_search.items() %}
 <h2 id="prompt-search-{{ method }}">Prompt search: {{ method }}</h2>

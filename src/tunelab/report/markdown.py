@@ -11,7 +11,10 @@ def render(report: Report, figures: str) -> str:
 
     out += ["## Recommendation", ""]
     pick = f"Recommended: {report.recommended}" if report.recommended else "No method to recommend"
-    out += [f"> **{pick}**", ">", f"> {_inline(report.recommendation)}", ""]
+    out += [f"> **{pick}**", ">", f"> {_inline(report.recommendation)}"]
+    if len(report.tied) > 1:
+        out += [">", f"> Tied with the best on the validation split: {', '.join(report.tied)}."]
+    out.append("")
 
     out += ["## Results", ""]
     rows = []
@@ -54,6 +57,20 @@ def render(report: Report, figures: str) -> str:
         else:
             out.append(f"- **{method}**: no warning")
     out.append("")
+
+    if report.tuning:
+        out += ["## Hyper-parameter search", "",
+                "Each method's settings were searched on the validation split; the best trial's setting is the one "
+                "the comparison trained and reports above.", ""]
+        if report.tuning_figure:
+            out += _figure(report.tuning_figure, figures, heading=False)
+        for t in report.tuning:
+            out += [f"### Trials: {t.method}", "", _inline(t.summary), ""]
+            cells = [[f"**{c}**" if c and row[-1].startswith("best") else c for c in row] for row in t.rows]
+            out += _table(t.header, cells, numeric_from=None,
+                          numeric=set(range(len(t.header) - 1)) - {1}) + [""]
+        out += ["Completed trials first, best first; then trials stopped early (pruned), at the last value they "
+                "reported after fewer epochs.", ""]
 
     for method, (header, rows, total) in report.prompt_search.items():
         out += [f"## Prompt search: {method}", "",

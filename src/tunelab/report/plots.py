@@ -25,11 +25,12 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 
 @dataclass
 class Point:
-    """One method in a quality/cost chart."""
+    """One method in a quality/cost chart; `interval` (lo, hi) of its quality is drawn as a vertical bar."""
     method: str
     cost: float
     quality: float
     color: str
+    interval: tuple[float, float] | None = None
 
 
 def colors(methods: list[str]) -> dict[str, str]:
@@ -83,21 +84,27 @@ def _duration(v: float, _pos: Any = None) -> str:
     return f"{v:.0f} s" if v < 60 else f"{v / 60:.0f} min" if v < 3600 else f"{v / 3600:.0f} h"
 
 
-def quality_vs_cost(points: list[Point], metric: str, lower_is_better: bool, cost: str) -> bytes:
+def quality_vs_cost(points: list[Point], metric: str, lower_is_better: bool, cost: str,
+                    bars: str = "interval") -> bytes:
     """Test metric against trainable parameters (`cost="parameters"`) or training time (`cost="time"`).
 
     Zero trainable parameters (prompting) cannot sit on a log axis: such points are drawn at
-    x = 1, which the axis labels "0", and their label says so.
+    x = 1, which the axis labels "0", and their label says so. A point's `interval` is drawn as a
+    vertical bar; `bars` names the bars in the legend ("90% interval").
     """
-    return _png(quality_vs_cost_figure(points, metric, lower_is_better, cost))
+    return _png(quality_vs_cost_figure(points, metric, lower_is_better, cost, bars))
 
 
-def quality_vs_cost_figure(points: list[Point], metric: str, lower_is_better: bool, cost: str) -> Figure:
+CAP = 3  # points either side of a bar: a label starts 8 points beside its marker, so it clears its own caps
+
+
+def quality_vs_cost_figure(points: list[Point], metric: str, lower_is_better: bool, cost: str,
+                           bars: str = "interval") -> Figure:
     fig = Figure(figsize=(5.6, 4.2))
     FigureCanvasAgg(fig)  # a renderer, to measure the point labels
     ax = fig.add_subplot()
-    shown = [Point(p.method, max(p.cost, 1.0) if cost == "parameters" else max(p.cost, 0.01), p.quality, p.color)
-             for p in points]
+    shown = [Point(p.method, max(p.cost, 1.0) if cost == "parameters" else max(p.cost, 0.01), p.quality, p.color,
+                   p.interval) for p in points]
     costs = [p.cost for p in shown]
     log_x = cost == "parameters" or (min(costs) > 0 and max(costs) / min(costs) >= 10)
     if log_x:
@@ -108,6 +115,7 @@ def quality_vs_cost_figure(points: list[Point], metric: str, lower_is_better: bo
     ax.plot([p.cost for p in frontier], [p.quality for p in frontier], "--", color="#555555", lw=1.2, zorder=1,
             label=label)
     on_frontier = {id(p) for p in frontier}
+    _error_bars(ax, shown, bars)
     for p in shown:
         ax.scatter([p.cost], [p.quality], s=90, color=p.color, zorder=3, edgecolors="black" if id(p) in on_frontier
                    else "none", linewidths=1.4)
@@ -137,6 +145,30 @@ def quality_vs_cost_figure(points: list[Point], metric: str, lower_is_better: bo
     return fig
 
 
+def _error_bars(ax, shown: list[Point], label: str) -> None:
+    """Each interval as a bar from lo to hi, drawn about its middle: with several seeds the point is a mean
+    over seeds and the interval a bootstrap over examples, so the point need not sit at the bar's centre (or
+    even inside it), and a bar drawn as ± from the point could not show that."""
+    with_bars = [p for p in shown if p.interval is not None]
+    for p in with_bars:
+        lo, hi = sorted(p.interval)
+        ax.errorbar([p.cost], [(lo + hi) / 2], yerr=[[(hi - lo) / 2], [(hi - lo) / 2]], fmt="none",
+                    ecolor=p.color, elinewidth=1.6, capsize=CAP, capthick=1.6, alpha=0.75, zorder=2)
+    if with_bars:  # one grey legend entry for every bar, as they all mean the same
+        ax.errorbar([], [], yerr=[], fmt="none", ecolor="#555555", elinewidth=1.6, capsize=CAP, capthick=1.6,
+                    label=label)
+
+
+def _bar_box(ax, p: Point) -> Bbox | None:
+    """The display-space box a point's bar and caps cover."""
+    if p.interval is None:
+        return None
+    x, lo = ax.transData.transform((p.cost, min(p.interval)))
+    _, hi = ax.transData.transform((p.cost, max(p.interval)))
+    half = CAP * ax.figure.dpi / 72
+    return Bbox.from_extents(x - half, lo, x + half, hi)
+
+
 def _drop_crowded_ticks(ax) -> None:
     """Keeps a round-duration tick only where its label clears the last kept one: across 1.5 decades "20 min" and
     "30 min" ran into each other ("20 min30 min")."""
@@ -160,9 +192,11 @@ def _label_points(ax, shown: list[Point], log_x: bool, cost: str, original: list
         return math.log10(x) if log_x else x
     xs = [position(p.cost) for p in shown]
     lo, hi = min(xs), max(xs)
-    # Every marker is an obstacle too: a label beside a neighbour's marker reads as that neighbour's.
+    # Every marker is an obstacle too: a label beside a neighbour's marker reads as that neighbour's; and every
+    # bar: a label across a bar hides where the interval ends.
     markers = [_marker_box(ax, (p.cost, p.quality)) for p in shown]
-    for p, raw in zip(shown, original):
+    bars = [_bar_box(ax, p) for p in shown]
+    for p, raw, bar in zip(shown, original, bars):
         right_side = hi > lo and (position(p.cost) - lo) / (hi - lo) > 0.7  # keep labels inside the axes
         text = p.method
         if cost == "parameters" and raw.cost == 0:
@@ -173,7 +207,8 @@ def _label_points(ax, shown: list[Point], log_x: bool, cost: str, original: list
             text += f" ({raw.cost:.0f} s)" if raw.cost >= 10 else f" ({raw.cost:.1f} s)"
         own = _marker_box(ax, (p.cost, p.quality))
         obstacles = [m for m in markers if m.bounds != own.bounds] + [n.get_window_extent() for n in placed]
-        placed.append(_place(ax, text, (p.cost, p.quality), right_side, obstacles))
+        others = [b for b in bars if b is not None and b is not bar]
+        placed.append(_place(ax, text, (p.cost, p.quality), right_side, obstacles, p.interval, bar, others))
 
 
 def _marker_box(ax, xy: tuple[float, float]) -> Bbox:
@@ -183,23 +218,52 @@ def _marker_box(ax, xy: tuple[float, float]) -> Bbox:
     return Bbox.from_extents(x - r, y - r, x + r, y + r)
 
 
-def _place(ax, text: str, xy: tuple[float, float], right_side: bool, obstacles: list[Bbox]) -> Any:
-    """Annotate beside the point, trying the four corners until the label lies inside the axes and clear of
-    every obstacle (the other markers, the labels placed before, the legend)."""
+def _place(ax, text: str, xy: tuple[float, float], right_side: bool, obstacles: list[Bbox],
+           interval: tuple[float, float] | None = None, bar: Bbox | None = None,
+           bars: list[Bbox] | None = None) -> Any:
+    """Annotate beside the point, trying the four corners, then (with a bar) centred above and below the bar,
+    then level with the point and farther off, until the label lies inside the axes and clear of every
+    obstacle (the other markers, the labels placed before, the legend), of the other `bars` and of its own bar.
+
+    Where no place is clear, the one that covers least, a bar counting a quarter of a marker or label: a label
+    across a thin bar still reads, one beside a neighbour's marker reads as the neighbour's."""
     renderer = ax.figure.canvas.get_renderer()
     # A label merely not touching a neighbour's marker still reads as its label: keep 4 points of space.
-    obstacles = [other.padded(4 * ax.figure.dpi / 72) for other in obstacles]
+    pad = 4 * ax.figure.dpi / 72
+    weighted = ([(other.padded(pad), 4.0) for other in obstacles] + [(other.padded(pad), 1.0) for other in bars or []]
+                + ([(bar, 1.0)] if bar else []))
     frame = ax.get_window_extent()  # a label across the axes' edge runs into the tick labels or off the figure
     sides = [(-8, "right"), (8, "left")] if right_side else [(8, "left"), (-8, "right")]
-    tries = [(dx, dy, ha) for dy in (7, -16) for dx, ha in sides]
-    for dx, dy, ha in tries:
-        note = ax.annotate(text, xy, textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=9)
+    tries = [(xy, dx, dy, ha, "baseline") for dy in (7, -16) for dx, ha in sides]
+    if interval:  # beyond the caps, where a label reads as the bar's (two points clear of the cap's line)
+        tries += [((xy[0], max(interval)), 0, 2, "center", "bottom"), ((xy[0], min(interval)), 0, -2, "center", "top")]
+    # Then level with the point, and farther up or down: among bars the four corners are often taken.
+    tries += [(xy, dx, dy, ha, "baseline") for dy in (-3, 18, -27) for dx, ha in sides]
+    best: tuple[float, Any] | None = None
+    for anchor, dx, dy, ha, va in tries:
+        note = ax.annotate(text, anchor, textcoords="offset points", xytext=(dx, dy), ha=ha, va=va, fontsize=9)
         box = note.get_window_extent(renderer)
         inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
-        if inside and not any(box.overlaps(other) for other in obstacles):
+        covered = sum(weight * _overlap(box, other) for other, weight in weighted)
+        if inside and covered == 0:
+            if best:
+                best[1].remove()
             return note
-        note.remove()
-    return ax.annotate(text, xy, textcoords="offset points", xytext=tries[0][:2], ha=tries[0][2], fontsize=9)
+        if inside and (best is None or covered < best[0]):
+            if best:
+                best[1].remove()
+            best = (covered, note)
+        else:
+            note.remove()
+    if best:
+        return best[1]
+    anchor, dx, dy, ha, va = tries[0]
+    return ax.annotate(text, anchor, textcoords="offset points", xytext=(dx, dy), ha=ha, va=va, fontsize=9)
+
+
+def _overlap(a: Bbox, b: Bbox) -> float:
+    """The area two display boxes share (0 when apart)."""
+    return max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0)) * max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
 
 
 def learning_curves(histories: dict[str, list[dict[str, Any]]], best_epochs: dict[str, int], metric: str,
