@@ -112,6 +112,9 @@ def test_a_search_resumes_only_with_the_config_it_began_with(tiny_config, tmp_pa
     changed = load_config(tiny_config("full", train__epochs=2))
     with pytest.raises(Exception, match=r"another config \(config.train.epochs 1 → 2\)"):
         search(changed, 1, tmp_path / "s.db", log=lambda _: None)
+    # Asking for more trials (or other comparison settings) goes on with the same search.
+    more = load_config(tiny_config("full", train__epochs=1, tune={"trials": 5}, compare={"seeds": 3}))
+    assert len(search(more, 2, tmp_path / "s.db", log=lambda _: None)["trials"]) == 2
 
 
 def test_default_spaces_centre_on_each_method_default_and_include_the_untuned_setting(tiny_config):

@@ -193,7 +193,9 @@ def _open_study(cfg: RunConfig, storage: Path, direction: str, space: dict[str, 
                                                                                         n_startup_trials=n_random),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
     # A search resumes only with the config and space it began with: its trials would not compare otherwise.
-    fingerprint = {"config": cfg.to_dict(), "space": space}
+    # How many trials, and the comparison's seeds, may change between sessions of one search; the rest may not.
+    fingerprint = {"config": {k: v for k, v in cfg.to_dict().items() if k not in ("tune", "compare")},
+                   "space": space}
     had = study.user_attrs.get("fingerprint")
     if had is None:
         study.set_user_attr("fingerprint", fingerprint)
