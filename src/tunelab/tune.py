@@ -160,7 +160,8 @@ def search(cfg: RunConfig, trials: int, storage: Path, *, minutes: float | None 
             trial.report(value, epoch)
             trial.set_user_attr("epochs", epoch)
             trial.set_user_attr("seconds", round(time.time() - started, 1))
-            if cfg.tune.pruning and trial.should_prune():
+            # After the last epoch the trial has cost all it will: pruning it then would only discard its result.
+            if cfg.tune.pruning and epoch < trial_cfg.train.epochs and trial.should_prune():
                 log(f"trial {trial.number}: pruned after epoch {epoch} ({metric} {value:.4f})")
                 raise optuna.TrialPruned()
 
