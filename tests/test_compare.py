@@ -89,7 +89,7 @@ def test_compare_generation_shows_generation_metrics(tiny_generation_config, tmp
                      log=lambda _: None)
     assert [r["status"] for r in result["rows"]] == ["ok"] * 4
     header = table_rows(result)[0]
-    assert header[2:6] == ["test chrf", "test bleu", "test f1", "test perplexity"]
+    assert header[2:6] == ["test chrf (± 90% interval)", "test bleu", "test f1", "test perplexity"]
     prompt = next(r for r in result["rows"] if r["method"] == "prompt")
     assert prompt["parameters"]["trainable"] == 0 and prompt["test"]["perplexity"] > 1
     html = (tmp_path / "cmp" / "gen" / "report.html").read_text()

@@ -81,7 +81,7 @@ def test_smollm2_chat_lora_lowers_held_out_perplexity(tmp_path):
               "output": str(tmp_path / "runs")}
     result = compare(config, ["prompt", "lora"], output=tmp_path / "cmp", name="chat", log=lambda _: None)
     assert [r["status"] for r in result["rows"]] == ["ok", "ok"]
-    assert table_rows(result)[0][2:6] == ["test chrf", "test bleu", "test f1", "test perplexity"]
+    assert table_rows(result)[0][2:6] == ["test chrf (± 90% interval)", "test bleu", "test f1", "test perplexity"]
     base, lora = (r["test"]["perplexity"] for r in result["rows"])
     assert lora < 0.8 * base, (base, lora)
 
