@@ -213,6 +213,9 @@ def test_compare_with_seeds_and_a_search_reports_means_spreads_intervals_and_tri
     trained = yaml.safe_load((folder / "runs" / "full" / "config.yaml").read_text())
     assert trained["train"]["learning_rate"] == best["params"]["learning_rate"]
     assert rows["full"]["runs"][0]["validation"]["f1"] == pytest.approx(best["value"], abs=1e-9)
+    # The first seed's run is the best trial's own model: the search kept it, nothing trained it twice.
+    import json
+    assert json.loads((folder / "runs" / "full" / "metrics.json").read_text())["from_trial"] == best["number"]
     for row in rows.values():
         for split in ("validation", "test"):
             lo, hi = row["interval"][split]

@@ -49,48 +49,10 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | N
         started = time.time()
         with PeakMemory() as memory:
             adapted = fit(cfg, splits, log, checkpoint=checkpoint, resume=resume)
-        state = adapted.state
         # A resumed run's time includes the training done before the interruption.
-        fit_seconds = time.time() - started + (state.seconds_before_resume if state else 0.0)
-        validation, validation_scores = adapted.evaluate_with_outputs(splits.validation)
-        predict_start = time.time()
-        test_scores, test_loss = adapted.scores(splits.test, with_loss=True)
-        predict_seconds = time.time() - predict_start
-        test = task.metrics(test_scores, splits.test, splits.labels)
-        if test_loss is not None:
-            test["loss"] = test_loss
-        diagnostics = _diagnostics(adapted, splits, validation)
-        for warning in diagnostics["warnings"]:
-            log(f"warning: {warning}")
-        metrics = {
-            "method": cfg.method.name, "family": adapted.method.family, "task": cfg.task, "model": cfg.model,
-            "dataset": cfg.data.source, "validation": validation, "test": test,
-            "parameters": adapted.parameters(),
-            "time": {"fit_seconds": round(fit_seconds, 2), "test_predict_seconds": round(predict_seconds, 3),
-                     "test_examples_per_second": round(len(splits.test) / max(predict_seconds, 1e-9), 1)},
-            "memory": {"peak_rss_mb": memory.peak_mb, "device_peak_mb": memory.device_peak_mb},
-            "epochs_run": state.epoch if state else 0, "best_epoch": state.best_epoch if state else 0,
-            "stopped_early": state.stopped_early if state else False,
-            "resumed_at_step": state.resumed_at_step if state else None,
-            "diagnostics": diagnostics,
-            "newly_initialised": adapted.newly_initialised, "trained_head_modules": adapted.trained_heads,
-            "splits": splits.sizes(), "labels": splits.labels,
-            "precision": adapted.precision, "device": device().type, "versions": versions(),
-        }
-        if adapted.method.trains:
-            adapted.method.save(adapted.model, writer.path("model"))
-        else:
-            adapted.method.save(writer.path("model"))
-        adapted.tokenizer.save_pretrained(writer.path("model"))
-        writer.yaml("config.yaml", cfg.to_dict())
-        writer.json("metrics.json", metrics)
-        writer.jsonl("history.jsonl", state.history if state else [])
-        writer.jsonl("predictions.jsonl", task.prediction_rows(splits.test, test_scores, splits.labels))
-        # The validation rows too: a comparison resamples them for the intervals that decide its recommendation.
-        writer.jsonl("validation_predictions.jsonl",
-                     task.prediction_rows(splits.validation, validation_scores, splits.labels))
-        if not adapted.method.trains:
-            writer.jsonl("prompt_search.jsonl", adapted.method.search)
+        fit_seconds = time.time() - started + (adapted.state.seconds_before_resume if adapted.state else 0.0)
+        metrics = _write_run(cfg, task, splits, adapted, fit_seconds, memory.peak_mb, memory.device_peak_mb,
+                             writer, log)
         run_folder = writer.commit()
     except BaseException:
         writer.discard()
@@ -104,6 +66,52 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | N
     return metrics
 
 
+def _write_run(cfg: RunConfig, task, splits: Splits, adapted, fit_seconds: float, peak_rss_mb: float,
+               device_peak_mb: float | None, writer: RunWriter, log: Callable[[str], None]) -> dict[str, Any]:
+    """Evaluate a fitted method on validation and test and write its run folder's files; returns the metrics."""
+    state = adapted.state
+    validation, validation_scores = adapted.evaluate_with_outputs(splits.validation)
+    predict_start = time.time()
+    test_scores, test_loss = adapted.scores(splits.test, with_loss=True)
+    predict_seconds = time.time() - predict_start
+    test = task.metrics(test_scores, splits.test, splits.labels)
+    if test_loss is not None:
+        test["loss"] = test_loss
+    diagnostics = _diagnostics(adapted, splits, validation)
+    for warning in diagnostics["warnings"]:
+        log(f"warning: {warning}")
+    metrics = {
+        "method": cfg.method.name, "family": adapted.method.family, "task": cfg.task, "model": cfg.model,
+        "dataset": cfg.data.source, "validation": validation, "test": test,
+        "parameters": adapted.parameters(),
+        "time": {"fit_seconds": round(fit_seconds, 2), "test_predict_seconds": round(predict_seconds, 3),
+                 "test_examples_per_second": round(len(splits.test) / max(predict_seconds, 1e-9), 1)},
+        "memory": {"peak_rss_mb": peak_rss_mb, "device_peak_mb": device_peak_mb},
+        "epochs_run": state.epoch if state else 0, "best_epoch": state.best_epoch if state else 0,
+        "stopped_early": state.stopped_early if state else False,
+        "resumed_at_step": state.resumed_at_step if state else None,
+        "diagnostics": diagnostics,
+        "newly_initialised": adapted.newly_initialised, "trained_head_modules": adapted.trained_heads,
+        "splits": splits.sizes(), "labels": splits.labels,
+        "precision": adapted.precision, "device": device().type, "versions": versions(),
+    }
+    if adapted.method.trains:
+        adapted.method.save(adapted.model, writer.path("model"))
+    else:
+        adapted.method.save(writer.path("model"))
+    adapted.tokenizer.save_pretrained(writer.path("model"))
+    writer.yaml("config.yaml", cfg.to_dict())
+    writer.json("metrics.json", metrics)
+    writer.jsonl("history.jsonl", state.history if state else [])
+    writer.jsonl("predictions.jsonl", task.prediction_rows(splits.test, test_scores, splits.labels))
+    # The validation rows too: a comparison resamples them for the intervals that decide its recommendation.
+    writer.jsonl("validation_predictions.jsonl",
+                 task.prediction_rows(splits.validation, validation_scores, splits.labels))
+    if not adapted.method.trains:
+        writer.jsonl("prompt_search.jsonl", adapted.method.search)
+    return metrics
+
+
 def tune(config: RunConfig | str | Path | dict, overrides: list[str] | dict | None = None, *, trials: int = 8,
          minutes: float | None = None, storage: str | Path | None = None, search_only: bool = False,
          overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -114,7 +122,7 @@ def tune(config: RunConfig | str | Path | dict, overrides: list[str] | dict | No
     from .tune import as_overrides, search, trials_table, with_params
     cfg = _config(config, overrides)
     storage = Path(storage) if storage else Path(cfg.output) / f"{run_name(cfg)}.tuning.db"
-    result = search(cfg, trials, storage, minutes=minutes, log=log)
+    result = search(cfg, trials, storage, minutes=minutes, keep_best=not search_only, log=log)
     for line in trials_table(result):
         log(line)
     if result["best"] is None:
@@ -123,9 +131,45 @@ def tune(config: RunConfig | str | Path | dict, overrides: list[str] | dict | No
     log(f"best: trial {best['number']}, validation {result['metric']} {best['value']:.4f}: "
         + " ".join(as_overrides(best["params"])))
     if not search_only:
-        metrics = train(with_params(cfg.to_dict(), best["params"]), overwrite=overwrite, log=log)
+        best_cfg = load_config(with_params(cfg.to_dict(), best["params"]))
+        metrics = _run_of_kept_trial(best_cfg, storage, best["number"], overwrite, log)
+        if metrics is None:  # the best trial ran in an earlier session of the search, before weights were kept
+            metrics = train(best_cfg, overwrite=overwrite, log=log)
         result.update(run_folder=metrics["run_folder"], test=metrics["test"])
     return result
+
+
+def _run_of_kept_trial(cfg: RunConfig, storage: Path, number: int, overwrite: bool,
+                       log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The run folder of the best setting from the model its trial kept (no second training), or None when
+    the kept model is another trial's."""
+    import shutil
+
+    from .training.loop import TrainState
+    from .tune import kept_folder, kept_trial
+    kept = kept_trial(storage)
+    if not kept or kept["number"] != number:
+        return None
+    task = task_for(cfg)
+    splits = data_for(cfg, task)
+    writer = RunWriter(Path(cfg.output) / run_name(cfg), overwrite)
+    log(f"run {writer.folder}: trial {number}'s model, kept by the search (not trained again)")
+    try:
+        adapted = reload(cfg, kept_folder(storage), splits.labels)
+        adapted.state = TrainState(**kept["state"])
+        adapted.trained_heads = kept["trained_head_modules"]
+        metrics = _write_run(cfg, task, splits, adapted, kept["fit_seconds"], kept["peak_rss_mb"],
+                             kept["device_peak_mb"], writer, log)
+        metrics["from_trial"] = number
+        writer.json("metrics.json", metrics)
+        run_folder = writer.commit()
+    except BaseException:
+        writer.discard()
+        raise
+    shutil.rmtree(kept_folder(storage))  # the run folder holds the same model now
+    metrics["run_folder"] = str(run_folder)
+    _summary(metrics, log)
+    return metrics
 
 
 def data_for(cfg: RunConfig, task) -> Splits:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -159,18 +160,23 @@ def combine_seeds(runs: list[dict[str, Any]], tuning: dict[str, Any] | None = No
 
 def _tune_method(method: str, config: dict[str, Any], folder: Path, trials: int, minutes: float | None,
                  overwrite: bool, log) -> dict[str, Any]:
-    """Search the method's settings in a process of its own (`tunelab tune --search-only`); its trials stay in
-    `tuning/<method>.db`, so that an interrupted comparison resumes the search."""
+    """Search the method's settings in a process of its own (`tunelab tune`); its trials stay in
+    `tuning/<method>.db`, so that an interrupted comparison resumes the search. The search's best trial becomes
+    the first seed's run (`runs/<method>`) without a second training, unless that run exists already."""
+    from .tune import kept_folder
     storage = folder / "tuning" / f"{method}.db"
     cfg = load_config(config)
     metric = cfg.train.early_stopping.metric or _task(cfg).default_metric
     if overwrite and storage.exists():
         storage.unlink()
+        shutil.rmtree(kept_folder(storage), ignore_errors=True)
+    has_run = (folder / "runs" / method / "metrics.json").is_file() and not overwrite
     config_path = folder / "tuning" / f".{method}.yaml"
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     command = [sys.executable, "-m", "tunelab.cli", "tune", str(config_path), "--trials", str(trials),
-               "--storage", str(storage), "--search-only"] + (["--minutes", str(minutes)] if minutes else [])
+               "--storage", str(storage)] + (["--search-only"] if has_run else ["--overwrite"] if overwrite else []) \
+        + (["--minutes", str(minutes)] if minutes else [])
     log(f"  searching {trials} settings on the validation split (trials in {storage})")
     try:
         status, last, seconds = _stream(command, folder / "tuning" / f"{method}.log", log)

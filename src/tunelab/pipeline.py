@@ -106,11 +106,12 @@ def prepare(cfg: RunConfig, splits: Splits, log: Callable[[str], None] = print) 
 
 def fit(cfg: RunConfig, splits: Splits, log: Callable[[str], None] = print,
         adapted: Adapted | None = None, checkpoint: Checkpoint | None = None, resume: bool = False,
-        on_evaluation: Callable[[int, float], None] | None = None) -> Adapted:
+        on_evaluation: Callable[[float, float], None] | None = None, first_epoch_reports: int = 1) -> Adapted:
     """Adapt the model to the training split with the configured method (prepared here unless given).
 
     Trained methods save a `checkpoint` as they go (when given); `resume` continues from it; `on_evaluation`
-    hears each epoch's validation metric (`training.loop.train`)."""
+    hears each epoch's validation metric, and `first_epoch_reports` - 1 more during the first epoch
+    (`training.loop.train`)."""
     adapted = adapted or prepare(cfg, splits, log)
     metric = cfg.train.early_stopping.metric or adapted.task.default_metric
     method = adapted.method
@@ -128,7 +129,7 @@ def fit(cfg: RunConfig, splits: Splits, log: Callable[[str], None] = print,
     train_batches = Batches(adapted.task, adapted.tokenizer, splits.train, splits.labels, cfg.data.max_length)
     adapted.state = train(adapted.model, train_batches, lambda: adapted.evaluate(splits.validation), cfg.train, lr,
                           metric, adapted.task.better, adapted.precision, device(), log, checkpoint, resume,
-                          on_evaluation)
+                          on_evaluation, first_epoch_reports)
     adapted.model.eval()
     return adapted
 

@@ -2,15 +2,28 @@
 
 Each trained method is compared at its own best settings rather than at one default: part of what a
 comparison at defaults measures is the defaults. Optuna (Akiba et al. 2019, https://arxiv.org/abs/1907.10902)
-draws settings with its TPE sampler (seeded by `train.seed`) and its MedianPruner stops a trial after an epoch
-whose validation metric is below the median of earlier trials at that epoch. The first trial is always the
-method's untuned setting, so the best trial is never below it. Trials live in an SQLite file: a search that was
-killed resumes where it stopped, and the trial it was running is run again. The test split is not touched here;
-it is predicted once, by a run of the best setting.
+draws settings with its TPE sampler (seeded by `train.seed`). The first trial is always the method's untuned
+setting, so the best trial is never below it.
+
+A search must cost a few runs, not one per trial. Three things see to it:
+- Successive halving (Optuna's SuccessiveHalvingPruner, the rule of ASHA, Li et al. 2020,
+  https://arxiv.org/abs/1810.05934): a trial goes on past a third of its first epoch, and past that epoch, only
+  while it is among the best third of the trials that reached the same point (the best, for the first two). It
+  judges a setting by its start, which can stop a slow starter that would have ended well; the untuned trial
+  always runs to the end, so what a search returns is never below it.
+- Those first-epoch judgements need evaluations within the epoch: the loop reports at each third of the first
+  epoch (`first_epoch_reports`), without changing what it trains.
+- The best trial's weights are kept (`<storage>.best/`), so that the run of the best setting, which alone
+  predicts the test split, is that trial's model rather than a second training of it.
+
+Trials live in an SQLite file: a search that was killed resumes where it stopped, and the trial it was running
+is run again.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +34,8 @@ from .errors import TunelabError
 # Train keys a search may set; any other parameter is one of the method's options.
 TRAIN_PARAMS = ("learning_rate", "epochs", "weight_decay", "warmup_ratio", "dropout", "batch_size")
 LR_HALF_SPAN = 10 ** 0.75  # the learning rate is searched over 1.5 decades centred on the method's default
+REPORTS_PER_EPOCH = 3  # the pruner's unit: a third of an epoch (reported within the first epoch only)
+PRUNER = "successive halving at thirds of the first epoch and at each epoch, reduction factor 3"
 
 
 def default_space(method: str) -> dict[str, dict[str, Any]]:
@@ -128,15 +143,18 @@ def as_overrides(params: dict[str, Any]) -> list[str]:
             else f"{'train' if k in TRAIN_PARAMS else 'method'}.{k}={v}" for k, v in params.items()]
 
 
-def search(cfg: RunConfig, trials: int, storage: Path, *, minutes: float | None = None,
+def search(cfg: RunConfig, trials: int, storage: Path, *, minutes: float | None = None, keep_best: bool = False,
            log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) the search of `cfg.method` until `trials` trials have ended; returns `summary`."""
+    """Run (or resume) the search of `cfg.method` until `trials` trials have ended; returns `summary`.
+
+    With `keep_best`, each trial that beats every earlier one leaves its model in `kept_folder(storage)`."""
     import optuna
 
     from .api import data_for
     from .methods import METHODS
     from .pipeline import fit
     from .tasks import task_for
+    from .training.memory import PeakMemory
     if not METHODS.get(cfg.method.name).trains:
         raise TunelabError(f"method {cfg.method.name} trains nothing, so there is nothing to tune; its own search "
                            f"(templates, demonstrations) runs in `tunelab train`")
@@ -156,24 +174,28 @@ def search(cfg: RunConfig, trials: int, storage: Path, *, minutes: float | None 
         log(f"trial {trial.number}: {shown}")
         started = time.time()
 
-        def on_evaluation(epoch: int, value: float) -> None:
-            trial.report(value, epoch)
-            trial.set_user_attr("epochs", epoch)
+        def on_evaluation(epochs: float, value: float) -> None:
+            trial.report(value, round(epochs * REPORTS_PER_EPOCH))
+            trial.set_user_attr("epochs", round(epochs, 2))
             trial.set_user_attr("seconds", round(time.time() - started, 1))
             # After the last epoch the trial has cost all it will: pruning it then would only discard its result.
-            if cfg.tune.pruning and epoch < trial_cfg.train.epochs and trial.should_prune():
-                log(f"trial {trial.number}: pruned after epoch {epoch} ({metric} {value:.4f})")
+            if cfg.tune.pruning and epochs < trial_cfg.train.epochs and trial.should_prune():
+                log(f"trial {trial.number}: pruned after {epochs_text(epochs)} ({metric} {value:.4f})")
                 raise optuna.TrialPruned()
 
         try:
-            adapted = fit(trial_cfg, splits, lambda line: None, on_evaluation=on_evaluation)
+            with PeakMemory() as memory:
+                adapted = fit(trial_cfg, splits, lambda line: None, on_evaluation=on_evaluation,
+                              first_epoch_reports=REPORTS_PER_EPOCH if cfg.tune.pruning else 1)
         except TunelabError as e:  # a diverged learning rate or an impossible setting: that trial fails, not the search
             trial.set_user_attr("error", str(e))
             log(f"trial {trial.number}: failed: {e}")
             raise
-        value = adapted.state.best_value
+        value, seconds = adapted.state.best_value, time.time() - started
         log(f"trial {trial.number}: validation {metric} {value:.4f} (best epoch {adapted.state.best_epoch}, "
-            f"{time.time() - started:.0f} s)")
+            f"{seconds:.0f} s)")
+        if keep_best and _beats_every_earlier(study, value):
+            _keep(adapted, trial.number, seconds, memory, kept_folder(storage))
         return value
 
     remaining = trials - len(_ended(study))
@@ -185,6 +207,48 @@ def search(cfg: RunConfig, trials: int, storage: Path, *, minutes: float | None 
     return summary(study, metric)
 
 
+def epochs_text(epochs: float) -> str:
+    """`a third of epoch 1`, `epoch 2`: where a trial stopped."""
+    if epochs == int(epochs):
+        return f"epoch {int(epochs)}"
+    return f"{round(epochs * REPORTS_PER_EPOCH)}/{REPORTS_PER_EPOCH} of epoch 1"
+
+
+def kept_folder(storage: Path) -> Path:
+    """Where a search keeps the model of its best trial: `tuning/lora.db` -> `tuning/lora.best/`."""
+    return storage.with_suffix(".best")
+
+
+def _beats_every_earlier(study, value: float) -> bool:
+    """Better than every complete trial so far; a tie leaves the earlier trial the best (as `summary` does)."""
+    from optuna.trial import TrialState
+    done = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not done:
+        return True
+    return value > max(done) if study.direction.name == "MAXIMIZE" else value < min(done)
+
+
+def _keep(adapted, number: int, seconds: float, memory, folder: Path) -> None:
+    """Save a trial's model and training state, replacing the previous best's only once it is whole."""
+    from dataclasses import asdict
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    adapted.method.save(adapted.model, partial / "model")
+    adapted.tokenizer.save_pretrained(partial / "model")
+    (partial / "trial.json").write_text(json.dumps({
+        "number": number, "state": asdict(adapted.state), "fit_seconds": round(seconds, 2),
+        "peak_rss_mb": memory.peak_mb, "device_peak_mb": memory.device_peak_mb,
+        "trained_head_modules": adapted.trained_heads}))
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+
+
+def kept_trial(storage: Path) -> dict[str, Any] | None:
+    """The kept best trial (`trial.json`), or None."""
+    path = kept_folder(storage) / "trial.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _open_study(cfg: RunConfig, storage: Path, direction: str, space: dict[str, Any], trials: int):
     import optuna
     storage.parent.mkdir(parents=True, exist_ok=True)
@@ -192,11 +256,11 @@ def _open_study(cfg: RunConfig, storage: Path, direction: str, space: dict[str, 
     study = optuna.create_study(study_name=cfg.method.name, storage=f"sqlite:///{storage}", load_if_exists=True,
                                 direction=direction, sampler=optuna.samplers.TPESampler(seed=cfg.train.seed,
                                                                                         n_startup_trials=n_random),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+                                pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3))
     # A search resumes only with the config and space it began with: its trials would not compare otherwise.
     # How many trials, and the comparison's seeds, may change between sessions of one search; the rest may not.
     fingerprint = {"config": {k: v for k, v in cfg.to_dict().items() if k not in ("tune", "compare")},
-                   "space": space}
+                   "space": space, "pruner": PRUNER if cfg.tune.pruning else None}
     had = study.user_attrs.get("fingerprint")
     if had is None:
         study.set_user_attr("fingerprint", fingerprint)
@@ -267,7 +331,7 @@ def trials_table(result: dict[str, Any]) -> list[str]:
         params = " ".join(as_overrides(r["params"]))
         tags = (" (untuned setting)" if r["default"] else "") + (f" ({r['error']})" if r["error"] else "")
         out.append(f"  trial {r['number']:>2}  {r['state'].lower():8} {result['metric']} {value:7}  "
-                   f"epochs {r['epochs'] or 0}  {r['seconds'] or 0:.0f} s  {params}{tags}")
+                   f"epochs {r['epochs'] or 0:<4g}  {r['seconds'] or 0:.0f} s  {params}{tags}")
     return out
 
 

@@ -56,6 +56,22 @@ def test_same_seed_same_weights_different_seed_different_weights(tiny_config):
     assert not torch.equal(pa[name], pc[name])
 
 
+def test_reports_within_the_first_epoch_do_not_change_what_is_trained(tiny_config):
+    """A search hears evaluations at thirds of the first epoch to prune early; the run must train exactly as
+    without them (an evaluation draws no random numbers and leaves the model in training mode)."""
+    cfg = load_config(tiny_config("lora"), ["train.epochs=2", "train.batch_size=4"])
+    splits = load_splits(cfg.data, "class")
+    heard: list[tuple[float, float]] = []
+    plain = fit(cfg, splits, log=lambda _: None)
+    reported = fit(cfg, splits, log=lambda _: None, on_evaluation=lambda e, v: heard.append((e, v)),
+                   first_epoch_reports=3)
+    assert [e for e, _ in heard] == pytest.approx([1 / 3, 2 / 3, 1.0, 2.0])
+    a, b = dict(plain.model.named_parameters()), dict(reported.model.named_parameters())
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    strip = [{k: v for k, v in h.items() if k != "time"} for h in plain.state.history]
+    assert strip == [{k: v for k, v in h.items() if k != "time"} for h in reported.state.history]
+
+
 def test_history_has_steps_and_epochs(tiny_config):
     adapted, _ = _fit(tiny_config("lora"), ["train.epochs=2", "train.log_every=1"])
     steps = [h for h in adapted.state.history if "train_loss" in h]

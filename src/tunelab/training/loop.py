@@ -98,11 +98,15 @@ def train(model: nn.Module, train_batches: Batches, evaluate: Callable[[], dict[
           learning_rate: float, metric: str, better: Callable[[str, float, float | None], bool],
           precision: str, device: torch.device, log: Callable[[str], None] = print,
           checkpoint: Checkpoint | None = None, resume: bool = False,
-          on_evaluation: Callable[[int, float], None] | None = None) -> TrainState:
+          on_evaluation: Callable[[float, float], None] | None = None,
+          first_epoch_reports: int = 1) -> TrainState:
     """Train `model` in place; `evaluate()` returns validation metrics (with `loss`) after each epoch.
 
-    `on_evaluation(epoch, value)` hears each epoch's validation metric; a hyper-parameter search uses it to
-    stop a hopeless trial (it raises to end training).
+    `on_evaluation(epochs_done, value)` hears each epoch's validation metric; a hyper-parameter search uses it
+    to stop a hopeless trial (it raises to end training). With `first_epoch_reports` n > 1 it also hears n - 1
+    evaluations at even fractions of the first epoch (`epochs_done` 1/n, 2/n, ...), where most hopeless trials
+    show themselves; those only report: they do not count for early stopping or the best weights, and, as an
+    evaluation draws no random numbers, the run trains exactly as without them.
 
     At the end the weights of the best evaluation are restored. With a `checkpoint`, the loop saves one every
     `cfg.checkpoint_every` steps and after each evaluation; `resume` starts from the saved one.
@@ -151,6 +155,8 @@ def train(model: nn.Module, train_batches: Batches, evaluate: Callable[[], dict[
                    unit="step", disable=not sys.stderr.isatty())
         # Without the bar (a log file, nohup, CI), a line at each fifth of an epoch says the run is alive.
         every, started, done = (max(1, steps_per_epoch // 5) if bar.disable else 0), time.time(), skip
+        reports = {steps_per_epoch * k // first_epoch_reports: k / first_epoch_reports
+                   for k in range(1, first_epoch_reports)} if epoch == 0 and on_evaluation else {}
         for batch in train_batches.iterate(cfg.batch_size, shuffle, cfg.group_by_length, skip=skip):
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(precision, device):
@@ -180,6 +186,9 @@ def train(model: nn.Module, train_batches: Batches, evaluate: Callable[[], dict[
                 running, since_log = 0.0, 0
             if checkpoint and checkpoint.every and state.step % checkpoint.every == 0 and done < steps_per_epoch:
                 save_checkpoint(done)
+            if done in reports and done < steps_per_epoch:
+                on_evaluation(reports[done], evaluate()[metric])
+                model.train()  # evaluate() left the model in eval mode
         bar.close()
         skip = 0
         state.epoch = epoch + 1
@@ -207,7 +216,7 @@ def train(model: nn.Module, train_batches: Batches, evaluate: Callable[[], dict[
         if checkpoint and checkpoint.every:  # after the evaluation: a crash while testing resumes with no training
             save_checkpoint(0)
         if on_evaluation:
-            on_evaluation(state.epoch, value)
+            on_evaluation(float(state.epoch), value)
         if state.stopped_early:
             break
 
