@@ -216,6 +216,7 @@ def test_compare_with_seeds_and_a_search_reports_means_spreads_intervals_and_tri
     # The first seed's run is the best trial's own model: the search kept it, nothing trained it twice.
     import json
     assert json.loads((folder / "runs" / "full" / "metrics.json").read_text())["from_trial"] == best["number"]
+    assert rows["full"]["parameters"]["trainable"] == rows["full"]["parameters"]["total"]
     for row in rows.values():
         for split in ("validation", "test"):
             lo, hi = row["interval"][split]

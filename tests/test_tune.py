@@ -43,6 +43,8 @@ def test_the_search_finds_the_better_learning_rate_and_the_best_setting_is_train
     assert not any(line.startswith("epoch ") for line in logs[logs.index(next(
         line for line in logs if line.startswith("best: trial"))):])
     assert metrics["epochs_run"] == 10 and metrics["time"]["fit_seconds"] > 0
+    # The weights it trained, as a run that trains them counts them (not as the reloaded model shows them).
+    assert metrics["parameters"]["trainable"] == metrics["parameters"]["total"] > 0  # full fine-tuning: all
     history = [json.loads(line) for line in open(f"{result['run_folder']}/history.jsonl")]
     assert sum("validation_f1" in h for h in history) == 10
 
@@ -152,3 +154,16 @@ def test_a_wrong_search_space_is_one_error_naming_every_key(tiny_config):
     assert "`tune.space.lora`.learning_rate must be {low, high, log}" in text
     assert "`tune.space.prompt`: prompt trains nothing" in text
     assert "`tune.space.lroa`: unknown method 'lroa'" in text
+
+
+def test_the_run_of_a_kept_trial_counts_the_weights_that_trained(tiny_config, tmp_path):
+    """peft reloads LoRA's weights frozen: the run of the best trial must count what the trial trained, as a
+    trained run does, not what the reloaded model shows (the demo's table once said LoRA trains 0 weights)."""
+    import json
+    result = tune(tiny_config("lora", train__epochs=1), trials=1, log=lambda _: None)
+    metrics = json.loads(open(f"{result['run_folder']}/metrics.json").read())
+    from tunelab.api import train
+    plain = train(tiny_config("lora", train__epochs=1, name="plain"), log=lambda _: None)
+    assert metrics["from_trial"] == 0
+    assert 0 < metrics["parameters"]["trainable"] < metrics["parameters"]["total"]
+    assert metrics["parameters"] == plain["parameters"]

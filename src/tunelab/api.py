@@ -67,8 +67,10 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | N
 
 
 def _write_run(cfg: RunConfig, task, splits: Splits, adapted, fit_seconds: float, peak_rss_mb: float,
-               device_peak_mb: float | None, writer: RunWriter, log: Callable[[str], None]) -> dict[str, Any]:
-    """Evaluate a fitted method on validation and test and write its run folder's files; returns the metrics."""
+               device_peak_mb: float | None, writer: RunWriter, log: Callable[[str], None],
+               parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate a fitted method on validation and test and write its run folder's files; returns the metrics.
+    `parameters` are the trained and total weights where the model no longer shows them (a reloaded one)."""
     state = adapted.state
     validation, validation_scores = adapted.evaluate_with_outputs(splits.validation)
     predict_start = time.time()
@@ -83,7 +85,7 @@ def _write_run(cfg: RunConfig, task, splits: Splits, adapted, fit_seconds: float
     metrics = {
         "method": cfg.method.name, "family": adapted.method.family, "task": cfg.task, "model": cfg.model,
         "dataset": cfg.data.source, "validation": validation, "test": test,
-        "parameters": adapted.parameters(),
+        "parameters": parameters or adapted.parameters(),
         "time": {"fit_seconds": round(fit_seconds, 2), "test_predict_seconds": round(predict_seconds, 3),
                  "test_examples_per_second": round(len(splits.test) / max(predict_seconds, 1e-9), 1)},
         "memory": {"peak_rss_mb": peak_rss_mb, "device_peak_mb": device_peak_mb},
@@ -159,7 +161,7 @@ def _run_of_kept_trial(cfg: RunConfig, storage: Path, number: int, overwrite: bo
         adapted.state = TrainState(**kept["state"])
         adapted.trained_heads = kept["trained_head_modules"]
         metrics = _write_run(cfg, task, splits, adapted, kept["fit_seconds"], kept["peak_rss_mb"],
-                             kept["device_peak_mb"], writer, log)
+                             kept["device_peak_mb"], writer, log, parameters=kept["parameters"])
         metrics["from_trial"] = number
         writer.json("metrics.json", metrics)
         run_folder = writer.commit()

@@ -238,6 +238,8 @@ def _keep(adapted, number: int, seconds: float, memory, folder: Path) -> None:
     (partial / "trial.json").write_text(json.dumps({
         "number": number, "state": asdict(adapted.state), "fit_seconds": round(seconds, 2),
         "peak_rss_mb": memory.peak_mb, "device_peak_mb": memory.device_peak_mb,
+        # Counted as trained: a reloaded model does not say which weights trained (peft loads its adapters frozen).
+        "parameters": adapted.parameters(),
         "trained_head_modules": adapted.trained_heads}))
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
