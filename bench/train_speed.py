@@ -23,6 +23,7 @@ from tunelab.pipeline import prepare  # noqa: E402
 from tunelab.training.batches import Batches  # noqa: E402
 from tunelab.training.loop import train  # noqa: E402
 from tunelab.training.precision import device  # noqa: E402
+from tunelab.training.state import Training  # noqa: E402
 
 
 def _config(examples: int, precision: str):
@@ -37,8 +38,9 @@ def run_tunelab(cfg, splits) -> float:
     adapted = prepare(cfg, splits, log=lambda _: None)
     batches = Batches(adapted.task, adapted.tokenizer, splits.train, splits.labels, cfg.data.max_length)
     start = time.perf_counter()
-    train(adapted.model, batches, lambda: {"f1": 0.0, "loss": 0.0}, cfg.train, 5e-4, "f1", adapted.task.better,
-          adapted.precision, device(), log=lambda _: None)
+    training = Training.start(adapted.model, cfg.train, 5e-4, batches.n_batches(cfg.train.batch_size),
+                              adapted.precision, device())
+    train(training, batches, lambda: {"f1": 0.0, "loss": 0.0}, "f1", adapted.task.better, log=lambda _: None)
     return len(splits.train) / (time.perf_counter() - start)
 
 

@@ -97,10 +97,7 @@ def _write_run(cfg: RunConfig, task, splits: Splits, adapted, fit_seconds: float
         "splits": splits.sizes(), "labels": splits.labels,
         "precision": adapted.precision, "device": device().type, "versions": versions(),
     }
-    if adapted.method.trains:
-        adapted.method.save(adapted.model, writer.path("model"))
-    else:
-        adapted.method.save(writer.path("model"))
+    adapted.method.save(writer.path("model"))
     adapted.tokenizer.save_pretrained(writer.path("model"))
     writer.yaml("config.yaml", cfg.to_dict())
     writer.json("metrics.json", metrics)
@@ -109,8 +106,8 @@ def _write_run(cfg: RunConfig, task, splits: Splits, adapted, fit_seconds: float
     # The validation rows too: a comparison resamples them for the intervals that decide its recommendation.
     writer.jsonl("validation_predictions.jsonl",
                  task.prediction_rows(splits.validation, validation_scores, splits.labels))
-    if not adapted.method.trains:
-        writer.jsonl("prompt_search.jsonl", adapted.method.search)
+    for name, rows in adapted.method.run_files().items():
+        writer.jsonl(name, rows)
     return metrics
 
 
@@ -147,7 +144,7 @@ def _run_of_kept_trial(cfg: RunConfig, storage: Path, number: int, overwrite: bo
     the kept model is another trial's."""
     import shutil
 
-    from .training.loop import TrainState
+    from .training.state import TrainState
     from .tune import kept_folder, kept_trial
     kept = kept_trial(storage)
     if not kept or kept["number"] != number:
@@ -159,7 +156,7 @@ def _run_of_kept_trial(cfg: RunConfig, storage: Path, number: int, overwrite: bo
     try:
         adapted = reload(cfg, kept_folder(storage), splits.labels)
         adapted.state = TrainState(**kept["state"])
-        adapted.trained_heads = kept["trained_head_modules"]
+        adapted.method.head_modules = kept["trained_head_modules"]
         metrics = _write_run(cfg, task, splits, adapted, kept["fit_seconds"], kept["peak_rss_mb"],
                              kept["device_peak_mb"], writer, log, parameters=kept["parameters"])
         metrics["from_trial"] = number
@@ -185,7 +182,7 @@ def data_for(cfg: RunConfig, task) -> Splits:
 
 def _diagnostics(adapted, splits, validation: dict[str, Any]) -> dict[str, Any]:
     """Train-split metrics on a sample (for the train/validation gap) and overfitting warnings."""
-    if not adapted.method.trains:
+    if adapted.state is None:  # nothing trained: no train/validation gap to watch
         return {"metric": None, "train": None, "warnings": []}
     task = adapted.task
     metric = adapted.cfg.train.early_stopping.metric or task.default_metric

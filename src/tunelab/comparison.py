@@ -102,15 +102,15 @@ def _compare_method(method: str, base: dict[str, Any], cfg: RunConfig, folder: P
                     log) -> dict[str, Any]:
     """One row: the method's search (when asked), then one run per training seed."""
     config = method_config(base, method, folder)
-    trains = METHODS.get(method).trains
+    tunable = METHODS.get(method).default_learning_rate is not None
     tuning = None
-    if cfg.tune.trials and trains:
+    if cfg.tune.trials and tunable:
         tuning = _tune_method(method, config, folder, cfg.tune.trials, cfg.tune.minutes, overwrite, log)
         if tuning.get("status") == "failed":
             return tuning
         config = with_params(config, tuning["best"]["params"])
-    # Only what trains depends on its seed; the prompt search is deterministic.
-    seeds = [cfg.train.seed + k for k in range(cfg.compare.seeds if trains else 1)]
+    # Only a method whose result depends on its seed runs once per seed; the prompt search is deterministic.
+    seeds = [cfg.train.seed + k for k in range(cfg.compare.seeds if METHODS.get(method).seeded else 1)]
     runs = []
     for k, seed in enumerate(seeds):
         if len(seeds) > 1:

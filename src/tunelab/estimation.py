@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 import time
@@ -23,14 +22,13 @@ from typing import Any, Callable
 import yaml
 
 from .config import RunConfig, load_config
+from .methods.base import TIMED_STEPS
 
-CALIBRATION_STEPS = 24
-WARMUP_STEPS = 2
 ASSUMPTIONS = [
     "training time = load + tokenise + steps x (timed seconds per step) + one validation pass per epoch; "
     "early stopping can only shorten it",
     "peak memory = peak resident memory (GPU: allocated) of a process that loaded the model and ran "
-    f"{CALIBRATION_STEPS} timed training steps, plus the kept copy of the best weights",
+    f"{TIMED_STEPS} timed training steps, plus the kept copy of the best weights",
     "the calibration uses real batches of the training split, so text lengths match the data",
 ]
 
@@ -47,7 +45,7 @@ def estimate(config: RunConfig | str | Path | dict, methods: list[str] | None = 
     rows = []
     for method in methods:
         method_cfg = load_config(method_config(base, method, Path(cfg.output)))
-        log(f"calibrating {method} ({CALIBRATION_STEPS} timed steps)")
+        log(f"calibrating {method} ({TIMED_STEPS} timed steps)")
         rows.append(_calibrate_in_subprocess(method, method_cfg))
     return {"methods": rows, "n_train": len(splits.train), "n_classes": len(splits.labels),
             "epochs": cfg.train.epochs, "assumptions": ASSUMPTIONS}
@@ -67,7 +65,8 @@ def _calibrate_in_subprocess(method: str, cfg: RunConfig) -> dict[str, Any]:
 
 
 def calibrate(cfg: RunConfig) -> dict[str, Any]:
-    """Time a few steps of `cfg`'s method in this process; what `_calibrate_in_subprocess` runs."""
+    """Time a few steps of `cfg`'s method in this process (`Method.estimate`); what `_calibrate_in_subprocess`
+    runs."""
     from .data import load_splits
     from .pipeline import prepare
     from .tasks import TASKS
@@ -77,119 +76,10 @@ def calibrate(cfg: RunConfig) -> dict[str, Any]:
     with PeakMemory() as memory:
         start = time.perf_counter()
         adapted = prepare(cfg, splits, log=lambda _: None)
-        load_seconds = time.perf_counter() - start
-        if adapted.method.trains:
-            result = _calibrate_training(adapted, splits, load_seconds)
-        else:
-            result = _calibrate_prompt(adapted, splits, load_seconds)
+        result = adapted.method.estimate(splits, load_seconds=time.perf_counter() - start)
     peak = memory.device_peak_mb if memory.device_peak_mb is not None else memory.peak_mb
     result["peak_memory_mb"] = round(peak + result.pop("kept_copy_mb", 0.0), 1)
     return result
-
-
-def _calibrate_training(adapted, splits, load_seconds: float) -> dict[str, Any]:
-    import torch
-
-    from .training.batches import Batches
-    from .training.loop import parameter_groups
-    from .training.precision import autocast, device
-
-    cfg, task = adapted.cfg, adapted.task
-    start = time.perf_counter()
-    train_batches = Batches(task, adapted.tokenizer, splits.train, splits.labels, cfg.data.max_length)
-    tokenise_seconds = time.perf_counter() - start
-    model, dev, precision = adapted.model, device(), adapted.precision
-    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.train.weight_decay), lr=1e-5)
-    generator = torch.Generator().manual_seed(cfg.train.seed)
-    batches = _calibration_batches(train_batches, cfg.train.batch_size, generator, WARMUP_STEPS + CALIBRATION_STEPS,
-                                   cfg.train.group_by_length)
-    model.train()
-    step_times = []
-    for i, batch in enumerate(batches):
-        start = time.perf_counter()
-        with autocast(precision, dev):
-            loss = model(**{k: v.to(dev) for k, v in batch.items()}).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if i >= WARMUP_STEPS:
-            step_times.append(time.perf_counter() - start)
-    # One whole validation pass, as each epoch of the real run makes.
-    start = time.perf_counter()
-    adapted.scores(splits.validation, with_loss=True)  # the task's own pass: generating, for generation
-    eval_seconds = time.perf_counter() - start
-    params = adapted.parameters()
-    step = sum(step_times) / len(step_times)
-    steps = train_batches.n_batches(cfg.train.batch_size) * cfg.train.epochs
-    seconds = (load_seconds + tokenise_seconds + steps * step
-               + cfg.train.epochs * eval_seconds)
-    kept = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad) / 2**20
-    return {"fit_seconds": round(seconds, 1), "trainable": params["trainable"], "total": params["total"],
-            "seconds_per_step": round(step, 4), "steps": steps, "load_seconds": round(load_seconds, 2),
-            "kept_copy_mb": kept}
-
-
-def _calibration_batches(train_batches, batch_size: int, generator, n: int, group_by_length: bool = False
-                         ) -> list[dict]:
-    """The longest batch (the activation peak, untimed as warm-up), then batches as training sees them.
-
-    Shuffled, not sorted: a random batch is padded to its longest text, and that padding is part
-    of the real cost per step. With `group_by_length`, batches spread evenly over the epoch: its
-    first ones are the longest of their group.
-    """
-    longest = sorted(range(len(train_batches)), key=lambda i: -len(train_batches.features[i]["input_ids"]))
-    out = [train_batches.batch(longest[:batch_size])]
-    stride = max(1, train_batches.n_batches(batch_size) // max(1, n - 1)) if group_by_length else 1
-    while len(out) < n:
-        for j, batch in enumerate(train_batches.iterate(batch_size, generator, group_by_length)):
-            if j % stride:
-                continue
-            out.append(batch)
-            if len(out) == n:
-                break
-    return out
-
-
-def _calibrate_prompt(adapted, splits, load_seconds: float) -> dict[str, Any]:
-    """Prompt search cost: embedding every candidate input once; timed on a sample."""
-    if adapted.method.scorer.generates:
-        return _calibrate_prompt_generation(adapted, splits, load_seconds)
-    from .methods.prompt import DEFAULT_LABEL_TEMPLATES, DEFAULT_TEMPLATES
-    o = adapted.method.options
-    templates = len(set(DEFAULT_TEMPLATES + o.templates))
-    sample = [e.text for e in splits.validation[:64]]
-    start = time.perf_counter()
-    adapted.method.scorer.embed(sample)
-    per_text = (time.perf_counter() - start) / len(sample)
-    n_labels = len(splits.labels)
-    texts = templates * (len(splits.validation) + min(256, len(splits.train)) + max(o.shots or [0]) * n_labels)
-    texts += len(set(DEFAULT_LABEL_TEMPLATES + o.label_templates)) * n_labels * 3
-    return {"fit_seconds": round(load_seconds + texts * per_text, 1), "trainable": 0,
-            "total": adapted.parameters()["total"], "load_seconds": round(load_seconds, 2)}
-
-
-def _calibrate_prompt_generation(adapted, splits, load_seconds: float) -> dict[str, Any]:
-    """Generation prompt search cost: each candidate answers the search examples (or, searching by perplexity,
-    scores their reference answers), then the chosen one answers validation and test; timed zero-shot on a
-    sample, so demonstrations' longer prompts are not counted."""
-    from .methods.prompt import Candidate
-    from .methods.prompt_generation import LIKELIHOOD_METRICS
-    scorer, o = adapted.method.scorer, adapted.method.options
-    sample = splits.validation[:8]
-    zero_shot = Candidate(scorer.task.options.template, shots=0)
-    start = time.perf_counter()
-    scorer.outputs(zero_shot, sample, with_loss=True)
-    per_answer = (time.perf_counter() - start) / max(1, len(sample))
-    metric = adapted.cfg.train.early_stopping.metric or adapted.task.default_metric
-    start = time.perf_counter()
-    scorer.search_value(zero_shot, sample, "loss")
-    per_loss = (time.perf_counter() - start) / max(1, len(sample))
-    searched = min(o.search_examples or len(splits.validation), len(splits.validation))
-    per_search = per_loss if metric in LIKELIHOOD_METRICS else per_answer
-    seconds = (load_seconds + len(scorer.candidates()) * searched * per_search
-               + (len(splits.validation) + len(splits.test)) * per_answer)
-    return {"fit_seconds": round(seconds, 1), "trainable": 0, "total": adapted.parameters()["total"],
-            "load_seconds": round(load_seconds, 2)}
 
 
 def format_estimates(result: dict[str, Any]) -> list[str]:

@@ -83,7 +83,7 @@ def space_problems(cfg: RunConfig) -> list[str]:
         if method not in METHODS:
             problems.append(f"{key}: {METHODS.unknown(method)}")
             continue
-        if not METHODS.get(method).trains:
+        if METHODS.get(method).default_learning_rate is None:
             problems.append(f"{key}: {method} trains nothing, so it has no hyper-parameters to search; remove it")
             continue
         if not isinstance(space, dict) or not space:
@@ -155,7 +155,7 @@ def search(cfg: RunConfig, trials: int, storage: Path, *, minutes: float | None 
     from .pipeline import fit
     from .tasks import task_for
     from .training.memory import PeakMemory
-    if not METHODS.get(cfg.method.name).trains:
+    if METHODS.get(cfg.method.name).default_learning_rate is None:
         raise TunelabError(f"method {cfg.method.name} trains nothing, so there is nothing to tune; its own search "
                            f"(templates, demonstrations) runs in `tunelab train`")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -233,7 +233,7 @@ def _keep(adapted, number: int, seconds: float, memory, folder: Path) -> None:
     from dataclasses import asdict
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    adapted.method.save(adapted.model, partial / "model")
+    adapted.method.save(partial / "model")
     adapted.tokenizer.save_pretrained(partial / "model")
     (partial / "trial.json").write_text(json.dumps({
         "number": number, "state": asdict(adapted.state), "fit_seconds": round(seconds, 2),

@@ -59,7 +59,7 @@ def _method(causal_lm, llama_tokenizer, **options) -> PromptEngineering:
 
 def test_search_scores_every_template_and_shot_count_and_keeps_the_best(causal_lm, llama_tokenizer):
     method = _method(causal_lm, llama_tokenizer, templates=["Say: {text}"], shots=[0, 2])
-    method.fit(TRAIN, VALIDATION, GenerationTask(), "perplexity")
+    method.choose(TRAIN, VALIDATION, GenerationTask(), "perplexity")
     tried = {(r["template"], r["shots"]) for r in method.search}
     assert tried == {("{source}", 0), ("Say: {text}", 0), ("{source}", 2), ("Say: {text}", 2)}
     best = min(r["validation_perplexity"] for r in method.search)
@@ -73,12 +73,12 @@ def test_likelihood_metrics_search_without_generating(causal_lm, llama_tokenizer
     def refuse(*args, **kwargs):
         raise AssertionError("generated while searching by perplexity")
     monkeypatch.setattr(GenerationTask, "generate", refuse)
-    _method(causal_lm, llama_tokenizer, shots=[0, 1]).fit(TRAIN, VALIDATION, GenerationTask(), "perplexity")
+    _method(causal_lm, llama_tokenizer, shots=[0, 1]).choose(TRAIN, VALIDATION, GenerationTask(), "perplexity")
 
 
 def test_text_metrics_search_generates(causal_lm, llama_tokenizer):
     method = _method(causal_lm, llama_tokenizer, shots=[0])
-    method.fit(TRAIN, VALIDATION, GenerationTask(), "chrf")
+    method.choose(TRAIN, VALIDATION, GenerationTask(), "chrf")
     assert method.chosen == Candidate("{source}", shots=0)
     generated, loss = method.outputs(VALIDATION, with_loss=True)
     assert len(generated.texts) == 2 and loss > 0

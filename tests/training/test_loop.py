@@ -118,12 +118,11 @@ def test_group_by_length_batches_similar_lengths_and_keeps_every_example(llama_t
 
 def test_speed_estimate_times_grouped_batches_from_across_the_epoch(llama_tokenizer):
     from tunelab.data import Example
-    from tunelab.estimation import _calibration_batches
     from tunelab.tasks.generation import GenerationTask
-    from tunelab.training.batches import Batches
+    from tunelab.training.batches import Batches, timing_batches
     examples = [Example(" ".join(["word"] * n), "yes") for n in range(1, 41)]
     batches = Batches(GenerationTask(), llama_tokenizer, examples, [], max_length=128)
-    timed = _calibration_batches(batches, 4, torch.Generator().manual_seed(0), 6, group_by_length=True)[1:]
+    timed = timing_batches(batches, 4, torch.Generator().manual_seed(0), 6, group_by_length=True)[1:]
     rows = [int(m.sum()) for b in timed for m in b["attention_mask"]]
     widths = [b["input_ids"].shape[1] for b in timed for _ in b["input_ids"]]
     assert all(w - r <= 3 for w, r in zip(widths, rows))  # grouped batches, as training pads them

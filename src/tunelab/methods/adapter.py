@@ -115,17 +115,17 @@ class BottleneckAdapter(TrainedMethod):
                 for p in module.parameters():
                     p.requires_grad_(True)
         set_trainable(model, head_modules)
-        model.tunelab_head_modules = head_modules
+        self.head_modules = head_modules  # saved with the adapters: a reload trains and restores the same heads
         return model
 
-    def save(self, model: nn.Module, folder: Path) -> None:
+    def save_model(self, model: nn.Module, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         save_file(trained_state(model), folder / "adapter.safetensors")
         config = {"method": "adapter", **asdict(self.options),
-                  "head_modules": getattr(model, "tunelab_head_modules", [])}
+                  "head_modules": self.head_modules}
         (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
 
-    def load(self, folder: Path, load_base: Callable[..., nn.Module]) -> nn.Module:
+    def load_model(self, folder: Path, load_base: Callable[..., nn.Module]) -> nn.Module:
         config = json.loads((folder / "adapter_config.json").read_text())
         self.options = AdapterOptions(kind=config["kind"], reduction_factor=config["reduction_factor"],
                                       non_linearity=config["non_linearity"])

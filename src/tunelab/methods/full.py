@@ -55,8 +55,8 @@ class FullFineTuning(TrainedMethod):
                     p.requires_grad_(False)
         return model
 
-    def save(self, model: nn.Module, folder: Path) -> None:
+    def save_model(self, model: nn.Module, folder: Path) -> None:
         model.save_pretrained(folder, safe_serialization=True)
 
-    def load(self, folder: Path, load_base: Callable[[], nn.Module]) -> nn.Module:
+    def load_model(self, folder: Path, load_base: Callable[..., nn.Module]) -> nn.Module:
         return load_base(folder)

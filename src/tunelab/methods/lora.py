@@ -57,10 +57,10 @@ class PeftMethod(TrainedMethod):
         except ValueError as e:  # e.g. a target module that the model does not have
             raise ConfigError(f"method {self.name}: {e}") from None
 
-    def save(self, model: nn.Module, folder: Path) -> None:
+    def save_model(self, model: nn.Module, folder: Path) -> None:
         model.save_pretrained(folder, safe_serialization=True)
 
-    def load(self, folder: Path, load_base: Callable[..., nn.Module]) -> nn.Module:
+    def load_model(self, folder: Path, load_base: Callable[..., nn.Module]) -> nn.Module:
         from peft import PeftModel
         return PeftModel.from_pretrained(load_base(), folder)
 

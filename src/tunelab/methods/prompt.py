@@ -24,16 +24,21 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
+import torch
 
-from ..data import Example
-from ..errors import TunelabError
+from .. import models
+from ..data import Example, Splits
+from ..errors import ConfigError, TunelabError
+from ..training.precision import device, resolve
 from ..typed import non_negative, option, positive
-from .base import Method
+from .base import Method, Run, count_parameters
+from .prompt_candidate import Candidate
 from .prompt_encoder import DEFAULT_LABEL_TEMPLATES, DEFAULT_TEMPLATES, EmbeddingScorer  # noqa: F401 (estimate)
 from .registry import register
 
@@ -90,33 +95,10 @@ class PromptOptions:
                                      "training examples.", non_negative)
 
 
-@dataclass(frozen=True)
-class Candidate:
-    template: str
-    label_template: str | None = None  # label scoring only (not generation)
-    shots: int = 0
-    calibrate: bool | None = None  # label scoring only
-    weight: float | None = None  # encoders: the prototypes' weight
-    verbalizer: str | None = None  # decoders: "label" (the label names) or "words" (the configured verbalizers)
-    calibration: str | None = None  # decoders, when calibrated: "inputs" or "content_free"
-
-    def cost(self) -> tuple:  # simpler first: fewer demonstrations, no calibration, built-in order
-        return (self.shots, bool(self.calibrate), self.weight or 0.0)
-
-    def row(self) -> dict[str, Any]:
-        """The fields that apply to this candidate's back-end (the report's columns)."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-
-class Scorer(Protocol):
-    """What the method asks of a back-end (`EmbeddingScorer`, `LikelihoodScorer`) to score labels.
-
-    The generation task's back-end, `prompt_generation.GenerationPrompter`, shares `setup`,
-    `candidates`, `state` and `restore`, and generates answers instead of scoring labels.
-    """
+class LabelScorer(Protocol):
+    """What a label back-end (`EmbeddingScorer`, `LikelihoodScorer`) does: score every label under a candidate."""
 
     default_shots: list[int]  # `shots` when the config leaves it unset
-    generates: bool  # False: label scores (this protocol); True: a `GenerationPrompter`
     precision: str  # "fp32" or "bf16" (autocast), for the run's metrics
 
     def setup(self, train: list[Example], labels: list[str], options: PromptOptions) -> None:
@@ -141,38 +123,52 @@ class Scorer(Protocol):
         """Score as the saved candidate again."""
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """Unit-length embeddings (`tunelab recommend` times them to estimate a search)."""
+        """Unit-length embeddings (`tunelab estimate` times them)."""
 
 
-def scorer_for(family: str, model, tokenizer, options: PromptOptions, max_length: int, batch_size: int,
-               precision: str = "fp32", task=None) -> Scorer:
-    """The back-end of a model family and task (`model` is an `AutoModel` or `AutoModelForCausalLM`)."""
-    if task is not None and task.label_kind == "text":
-        from .prompt_generation import GenerationPrompter
-        return GenerationPrompter(model, tokenizer, task, options, max_length, batch_size, precision)
-    if family == "encoder":
-        return EmbeddingScorer(model, tokenizer, max_length, batch_size)
-    from .prompt_decoder import LikelihoodScorer
-    return LikelihoodScorer(model, tokenizer, options, max_length, batch_size, precision)
+class Prompter(Protocol):
+    """What the method asks of its back-end, for labels (`LabelPrompter`) and for open answers
+    (`prompt_generation.GenerationPrompter`) alike."""
+
+    default_shots: list[int]
+    precision: str
+
+    def setup(self, train: list[Example], labels: list[str], options: PromptOptions) -> None: ...
+
+    def candidates(self) -> list[dict[str, Any]]: ...
+
+    def search_value(self, c: Candidate, examples: list[Example], metric: str) -> float:
+        """Candidate `c`'s `metric` on `examples`."""
+
+    def outputs(self, c: Candidate, examples: list[Example], with_loss: bool) -> tuple[Any, float | None]:
+        """The task's outputs under `c` (label scores, or answers) and the answers' loss where asked."""
+
+    def state(self, c: Candidate) -> dict[str, Any]: ...
+
+    def restore(self, state: dict[str, Any], labels: list[str], options: PromptOptions) -> None: ...
+
+    def search_seconds(self, splits: Splits, options: PromptOptions, metric: str) -> float:
+        """What the search and the chosen prompt's predictions will take, timed on a sample."""
 
 
-@register
-class PromptEngineering(Method):
-    name = "prompt"
-    Options = PromptOptions
-    tasks = ("classification", "generation")
-    trains = False
-    family = "prompt"
-    description = "prompt search: templates, verbalizers, demonstrations, calibration; no gradient training"
+class LabelPrompter:
+    """A label back-end as a `Prompter`: a candidate's scores, calibrated where the candidate says so (each
+    candidate's bias measured once), and its metric on the search examples."""
 
-    def attach(self, scorer, labels: list[str]) -> None:
-        self.scorer, self.labels = scorer, labels
-        if self.options.shots is None:
-            # Resolved on a copy: config.yaml keeps "unset" (so `compare` reuses the run for the same config), and
-            # prompt.json's options and prompt_search.jsonl record what was searched.
-            self.options = replace(self.options, shots=list(scorer.default_shots))
+    def __init__(self, scorer: LabelScorer, task):
+        self.scorer, self.task = scorer, task
+        self.default_shots, self.precision = scorer.default_shots, scorer.precision
+        self.labels: list[str] = []
+        self.bias: dict[Candidate, np.ndarray] = {}
 
-    def _candidate_scores(self, c: Candidate, texts: list[str]) -> np.ndarray:
+    def setup(self, train: list[Example], labels: list[str], options: PromptOptions) -> None:
+        self.labels, self.bias = labels, {}
+        self.scorer.setup(train, labels, options)
+
+    def candidates(self) -> list[dict[str, Any]]:
+        return self.scorer.candidates()
+
+    def scores(self, c: Candidate, texts: list[str]) -> np.ndarray:
         scores = self.scorer.raw_scores(c, texts)
         if not c.calibrate:
             return scores
@@ -180,22 +176,109 @@ class PromptEngineering(Method):
             self.bias[c] = self.scorer.bias(c)
         return self.scorer.calibrated(scores, self.bias[c])
 
+    def search_value(self, c: Candidate, examples: list[Example], metric: str) -> float:
+        return self.task.metrics(self.scores(c, [e.text for e in examples]), examples, self.labels)[metric]
+
+    def outputs(self, c: Candidate, examples: list[Example], with_loss: bool) -> tuple[np.ndarray, None]:
+        return self.scores(c, [e.text for e in examples]), None
+
+    def state(self, c: Candidate) -> dict[str, Any]:
+        return {**self.scorer.state(c), "calibration_bias": self.bias[c].tolist() if c.calibrate else None}
+
+    def restore(self, state: dict[str, Any], labels: list[str], options: PromptOptions) -> None:
+        self.labels = labels
+        self.scorer.restore(state, labels, options)
+        chosen = Candidate(**state["chosen"])
+        self.bias = {chosen: np.array(state["calibration_bias"])} if state.get("calibration_bias") else {}
+
+    def search_seconds(self, splits: Splits, options: PromptOptions, metric: str) -> float:
+        """Embedding (or scoring) every candidate input once: the search examples and calibration inputs under
+        each template, the demonstrations, and the label descriptions; timed on a sample."""
+        templates = len(set(DEFAULT_TEMPLATES + options.templates))
+        sample = [e.text for e in splits.validation[:64]]
+        start = time.perf_counter()
+        self.scorer.embed(sample)
+        per_text = (time.perf_counter() - start) / len(sample)
+        n_labels = len(splits.labels)
+        texts = templates * (len(splits.validation) + min(256, len(splits.train))
+                             + max(options.shots or [0]) * n_labels)
+        texts += len(set(DEFAULT_LABEL_TEMPLATES + options.label_templates)) * n_labels * 3
+        return texts * per_text
+
+
+def scorer_for(family: str, model, tokenizer, options: PromptOptions, max_length: int, batch_size: int,
+               precision: str = "fp32", task=None) -> Prompter:
+    """The back-end of a model family and task (`model` is an `AutoModel` or `AutoModelForCausalLM`)."""
+    if task is not None and task.label_kind == "text":
+        from .prompt_generation import GenerationPrompter
+        return GenerationPrompter(model, tokenizer, task, options, max_length, batch_size, precision)
+    if family == "encoder":
+        return LabelPrompter(EmbeddingScorer(model, tokenizer, max_length, batch_size), task)
+    from .prompt_decoder import LikelihoodScorer
+    return LabelPrompter(LikelihoodScorer(model, tokenizer, options, max_length, batch_size, precision), task)
+
+
+@register
+class PromptEngineering(Method):
+    name = "prompt"
+    Options = PromptOptions
+    tasks = ("classification", "generation")
+    family = "prompt"
+    seeded = False  # deterministic: `compare --seeds` runs it once
+    description = "prompt search: templates, verbalizers, demonstrations, calibration; no gradient training"
+
+    def setup(self, run: Run) -> None:
+        """Load the model the prompt scores with (the bare encoder, or a decoder with its language-model head)
+        and attach the back-end of its family and the task."""
+        from transformers import AutoModel, AutoModelForCausalLM
+        self.run = run
+        cfg, task, family = run.cfg, run.task, models.family(run.folder)
+        if family == "encoder" and task.label_kind == "text":
+            raise ConfigError(f"method prompt generates answers for task generation, and {cfg.model} is an "
+                              f"encoder, which does not generate; use a decoder model such as smollm2-135m")
+        if family == "encoder":
+            model, _ = models.load_model(AutoModel, run.folder, allow_unsafe=cfg.allow_unsafe_weights)
+            precision = "fp32"
+        else:
+            # A folder without a language-model head (a bare `AutoModel` save) gets a random one: seed it, so that
+            # a reload scores exactly as the run did.
+            torch.manual_seed(cfg.train.seed)
+            model, _ = models.load_model(AutoModelForCausalLM, run.folder, allow_unsafe=cfg.allow_unsafe_weights)
+            model.to(device())
+            precision = resolve(cfg.train.precision, device())
+        task.bind(model)
+        self.model = model.eval()
+        self.attach(scorer_for(family, model, run.tokenizer, self.options, cfg.data.max_length,
+                               cfg.train.eval_batch_size, precision, task), run.labels)
+
+    def attach(self, scorer: Prompter, labels: list[str]) -> None:
+        self.scorer, self.labels, self.precision = scorer, labels, scorer.precision
+        if self.options.shots is None:
+            # Resolved on a copy: config.yaml keeps "unset" (so `compare` reuses the run for the same config), and
+            # prompt.json's options and prompt_search.jsonl record what was searched.
+            self.options = replace(self.options, shots=list(scorer.default_shots))
+
     # -- fit, predict, save, load -----------------------------------------------------------
-    def fit(self, train: list[Example], validation: list[Example], task, metric: str) -> None:
+    def fit(self, splits: Splits, log, **_: Any) -> None:
+        """Choose the prompt on the validation split (training hooks do not apply: nothing trains)."""
+        task = self.run.task
+        self.choose(splits.train, splits.validation, task, self.run.cfg.train.early_stopping.metric
+                    or task.default_metric)
+        log(f"prompt search: {len(self.search)} candidates on {self.search_examples} validation examples; "
+            "chose " + ", ".join(f"{k} {v!r}" for k, v in self.chosen.row().items()))
+        return None
+
+    def choose(self, train: list[Example], validation: list[Example], task, metric: str) -> None:
+        """Score every candidate on the validation split (or a seeded subset of it) and keep the best."""
         o = self.options
         self.scorer.setup(train, self.labels, o)
         searched = validation
         if o.search_examples and o.search_examples < len(validation):
             searched = random.Random(o.seed).sample(validation, o.search_examples)
-        texts = [e.text for e in searched]
-        self.bias: dict[Candidate, np.ndarray] = {}
         self.search: list[dict[str, Any]] = []
         best = None
         for c in (Candidate(**fields_) for fields_ in self.scorer.candidates()):
-            if self.scorer.generates:
-                value = self.scorer.search_value(c, searched, metric)
-            else:
-                value = task.metrics(self._candidate_scores(c, texts), searched, self.labels)[metric]
+            value = self.scorer.search_value(c, searched, metric)
             self.search.append({**c.row(), f"validation_{metric}": value})
             if best is None or task.better(metric, value, best[0]) or (value == best[0] and c.cost() < best[1].cost()):
                 best = (value, c)
@@ -209,33 +292,42 @@ class PromptEngineering(Method):
 
     def outputs(self, examples: list[Example], with_loss: bool = False) -> tuple[Any, float | None]:
         """What the chosen prompt gives: label scores, or generated answers (and the answers' loss where asked)."""
-        if self.scorer.generates:
-            return self.scorer.outputs(self.chosen, examples, with_loss)
-        return self._candidate_scores(self.chosen, [e.text for e in examples]), None
+        return self.scorer.outputs(self.chosen, examples, with_loss)
+
+    def parameters(self) -> dict[str, int]:
+        return {**count_parameters(self.model), "trainable": 0}  # the model scores; nothing of it trains
+
+    def run_files(self) -> dict[str, list[dict[str, Any]]]:
+        return {"prompt_search.jsonl": self.search}
+
+    def estimate(self, splits: Splits, load_seconds: float) -> dict[str, Any]:
+        metric = self.run.cfg.train.early_stopping.metric or self.run.task.default_metric
+        seconds = self.scorer.search_seconds(splits, self.options, metric)
+        return {"fit_seconds": round(load_seconds + seconds, 1), "trainable": 0,
+                "total": self.parameters()["total"], "load_seconds": round(load_seconds, 2)}
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         c = self.chosen
         state = {"method": "prompt", "labels": self.labels, "description": self.options.description,
                  "verbalizers": self.options.verbalizers, "options": asdict(self.options), "chosen": c.row(),
-                 **self.scorer.state(c),
-                 "calibration_bias": self.bias[c].tolist() if c.calibrate else None,
-                 "search_examples": self.search_examples, "search": self.search}
+                 **self.scorer.state(c), "search_examples": self.search_examples, "search": self.search}
+        state.setdefault("calibration_bias", None)
         (folder / "prompt.json").write_text(json.dumps(state, indent=2, ensure_ascii=False))
 
-    def load(self, folder: Path, scorer) -> None:
+    def load(self, run: Run, folder: Path) -> None:
         path = folder / "prompt.json"
         if not path.is_file():
             raise TunelabError(f"{path} not found; is this a run of method prompt?")
+        self.setup(run)
         state = json.loads(path.read_text())
         # The saved options win over the config's: the run predicts as it did when it was fitted.
         saved = {**state.get("options", {}), "description": state["description"],
                  "verbalizers": state["verbalizers"]}
         for key, value in saved.items():
             setattr(self.options, key, value)
-        self.attach(scorer, state["labels"])
+        self.attach(self.scorer, state["labels"])
         self.chosen = Candidate(**state["chosen"])
-        scorer.restore(state, self.labels, self.options)
+        self.scorer.restore(state, self.labels, self.options)
         self.search = state["search"]
         self.search_examples = state.get("search_examples")
-        self.bias = {self.chosen: np.array(state["calibration_bias"])} if state["calibration_bias"] else {}

@@ -58,7 +58,6 @@ class LikelihoodScorer:
     """Scores labels by the log-likelihood of their verbalizer words after the prompt."""
 
     default_shots = DEFAULT_SHOTS
-    generates = False
 
     def __init__(self, model, tokenizer, options, max_length: int, batch_size: int, precision: str = "fp32"):
         self.model, self.tokenizer, self.options = model.eval(), tokenizer, options

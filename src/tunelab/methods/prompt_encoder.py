@@ -32,7 +32,6 @@ class EmbeddingScorer:
     """Scores labels by embedding similarity."""
 
     default_shots = DEFAULT_SHOTS
-    generates = False
     precision = "fp32"
 
     def __init__(self, model, tokenizer, max_length: int, batch_size: int):

@@ -14,12 +14,14 @@ likelihood alone, which needs no generation (one forward pass instead of max_new
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
-from ..data import Example
+from ..data import Example, Splits
 from ..tasks.generation import Generated, GenerationTask
 from ..tasks.text_metrics import perplexity
 from ..training.precision import device
+from .prompt_candidate import Candidate
 
 # Demonstrations in all (not per class: open answers have no classes). Each lengthens every prompt, and one
 # is what shows a small model the answer's form (a translation, not a comment on the text).
@@ -28,10 +30,9 @@ LIKELIHOOD_METRICS = ("loss", "perplexity")
 
 
 class GenerationPrompter:
-    """The prompt method's back-end for the generation task (the `Scorer` role of `prompt.py`)."""
+    """The prompt method's back-end for the generation task (a `prompt.Prompter`)."""
 
     default_shots = DEFAULT_SHOTS
-    generates = True
 
     def __init__(self, model, tokenizer, task: GenerationTask, options, max_length: int, batch_size: int,
                  precision: str):
@@ -79,3 +80,20 @@ class GenerationPrompter:
         self.options = options
         self.demos = [Example(d["text"], d["label"], messages=d.get("messages"))
                       for d in state.get("demonstrations", [])]
+
+    def search_seconds(self, splits: Splits, options, metric: str) -> float:
+        """Each candidate answers the search examples (or, searching by perplexity, scores their reference
+        answers), then the chosen one answers validation and test; timed zero-shot on a sample, so demonstrations'
+        longer prompts are not counted."""
+        sample = splits.validation[:8]
+        zero_shot = Candidate(self.task.options.template, shots=0)
+        start = time.perf_counter()
+        self.outputs(zero_shot, sample, with_loss=True)
+        per_answer = (time.perf_counter() - start) / max(1, len(sample))
+        start = time.perf_counter()
+        self.search_value(zero_shot, sample, "loss")
+        per_loss = (time.perf_counter() - start) / max(1, len(sample))
+        searched = min(options.search_examples or len(splits.validation), len(splits.validation))
+        per_search = per_loss if metric in LIKELIHOOD_METRICS else per_answer
+        return (len(self.candidates()) * searched * per_search
+                + (len(splits.validation) + len(splits.test)) * per_answer)

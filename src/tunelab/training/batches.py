@@ -50,3 +50,24 @@ class Batches:
 
     def n_batches(self, batch_size: int) -> int:
         return (len(self) + batch_size - 1) // batch_size
+
+
+def timing_batches(batches: Batches, batch_size: int, generator: torch.Generator, n: int,
+                   group_by_length: bool = False) -> list[dict[str, torch.Tensor]]:
+    """`n` batches to time training steps on (`tunelab estimate`): the longest batch first (the activation peak,
+    untimed as warm-up), then batches as training sees them.
+
+    Shuffled, not sorted: a random batch is padded to its longest text, and that padding is part of the real cost
+    per step. With `group_by_length`, batches spread evenly over the epoch: its first ones are the longest of their
+    group."""
+    longest = sorted(range(len(batches)), key=lambda i: -len(batches.features[i]["input_ids"]))
+    out = [batches.batch(longest[:batch_size])]
+    stride = max(1, batches.n_batches(batch_size) // max(1, n - 1)) if group_by_length else 1
+    while len(out) < n:
+        for j, batch in enumerate(batches.iterate(batch_size, generator, group_by_length)):
+            if j % stride:
+                continue
+            out.append(batch)
+            if len(out) == n:
+                break
+    return out

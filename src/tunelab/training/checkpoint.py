@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import differences, load_config
 from ..errors import TunelabError
+from .state import Training, TrainState
 
 WEIGHTS, BEST, STATE, TENSORS, CONFIG = ("weights.safetensors", "best.safetensors", "trainer_state.json",
                                          "state.safetensors", "config.yaml")
@@ -67,33 +69,33 @@ class Checkpoint:
             raise TunelabError(f"cannot resume {self.folder}: it was trained with another config "
                                f"({'; '.join(changed[:3])}); restore those keys, or delete that folder to start over")
 
-    def save(self, model: torch.nn.Module, optimizer, scheduler, shuffle: torch.Generator,
-             epoch_rng: torch.Tensor, batches_done: int, running: tuple[float, int], train_state: dict[str, Any],
-             best_weights: dict[str, torch.Tensor], total_steps: int, seconds: float) -> None:
+    def save(self, t: Training) -> None:
+        """Write `t` (the whole of a run's training) as the checkpoint, replacing the previous one only once the
+        new one is complete."""
         tmp = self.folder.with_name(self.folder.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file({n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad},
+        save_file({n: p.detach().cpu().contiguous() for n, p in t.model.named_parameters() if p.requires_grad},
                   tmp / WEIGHTS)
-        if train_state["best_value"] is not None:
+        if t.state.best_value is not None:
             # The best weights change only at an evaluation: between two, link the saved file instead of rewriting
             # it (a whole model's copy for full fine-tuning).
-            if self.best_step == train_state["best_step"] and (self.folder / BEST).is_file():
+            if self.best_step == t.state.best_step and (self.folder / BEST).is_file():
                 try:
                     os.link(self.folder / BEST, tmp / BEST)
                 except OSError:  # a file system without hard links
                     shutil.copy2(self.folder / BEST, tmp / BEST)
             else:
-                save_file({n: t.cpu().contiguous() for n, t in best_weights.items()}, tmp / BEST)
-        tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state(), "rng.shuffle": shuffle.get_state(),
-                                            "rng.epoch_start": epoch_rng}
+                save_file({n: w.cpu().contiguous() for n, w in t.best_weights.items()}, tmp / BEST)
+        tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state(), "rng.shuffle": t.shuffle.get_state(),
+                                            "rng.epoch_start": t.epoch_rng}
         if torch.cuda.is_available():
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
                 tensors[f"rng.cuda.{i}"] = s
-        state = {"optimizer": _split(optimizer.state_dict(), tensors, "optimizer"),
-                 "scheduler": _split(scheduler.state_dict(), tensors, "scheduler"),
-                 "train": train_state, "batches_done": batches_done, "running": list(running),
-                 "total_steps": total_steps, "seconds": seconds, "saved_at": time.time()}
+        state = {"optimizer": _split(t.optimizer.state_dict(), tensors, "optimizer"),
+                 "scheduler": _split(t.scheduler.state_dict(), tensors, "scheduler"),
+                 "train": asdict(t.state), "batches_done": t.batches_done, "running": [t.running, t.since_log],
+                 "total_steps": t.total_steps, "seconds": t.seconds(), "saved_at": time.time()}
         save_file(tensors, tmp / TENSORS)
         (tmp / STATE).write_text(json.dumps(state))
         (tmp / CONFIG).write_text(yaml.safe_dump(self.config, sort_keys=False, allow_unicode=True))
@@ -104,29 +106,34 @@ class Checkpoint:
             self.folder.rename(old)
         tmp.rename(self.folder)
         shutil.rmtree(old, ignore_errors=True)
-        self.best_step = train_state["best_step"]
+        self.best_step = t.state.best_step
 
-    def load(self, model: torch.nn.Module, optimizer, scheduler, shuffle: torch.Generator) -> dict[str, Any]:
-        """Restores the weights, optimizer, scheduler and RNG states; returns the rest for the loop."""
+    def load(self, t: Training) -> None:
+        """Restore `t` as it was saved: weights, optimizer, scheduler, RNG states, position and state."""
         weights = load_file(self.folder / WEIGHTS)
-        params = dict(model.named_parameters())
+        params = dict(t.model.named_parameters())
         with torch.no_grad():
             for name, value in weights.items():
                 params[name].copy_(value)
         tensors = load_file(self.folder / TENSORS)
         state = json.loads((self.folder / STATE).read_text())
-        optimizer.load_state_dict(_join(state["optimizer"], tensors))
-        scheduler.load_state_dict(_join(state["scheduler"], tensors))
+        t.optimizer.load_state_dict(_join(state["optimizer"], tensors))
+        t.scheduler.load_state_dict(_join(state["scheduler"], tensors))
         torch.set_rng_state(tensors["rng.torch"])
-        shuffle.set_state(tensors["rng.shuffle"])
+        t.shuffle.set_state(tensors["rng.shuffle"])
         if torch.cuda.is_available():
             cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
             if cuda:
                 torch.cuda.set_rng_state_all(cuda)
-        state["epoch_rng"] = tensors["rng.epoch_start"]
-        state["best_weights"] = load_file(self.folder / BEST) if (self.folder / BEST).is_file() else None
-        self.best_step = state["train"]["best_step"]
-        return state
+        t.epoch_rng = tensors["rng.epoch_start"]
+        if (self.folder / BEST).is_file():
+            t.best_weights = {n: w.to(t.device) for n, w in load_file(self.folder / BEST).items()}
+        t.state = TrainState(**state["train"])
+        t.state.resumed_at_step = t.state.step
+        t.state.seconds_before_resume = state["seconds"]
+        t.running, t.since_log = state["running"]
+        t.batches_done = state["batches_done"]
+        self.best_step = t.state.best_step
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

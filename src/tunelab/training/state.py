@@ -1,0 +1,126 @@
+"""A run's training in one object: what it trains and with what, and where it stands.
+
+`Training` is what the loop (`loop.py`) advances one `step` at a time, what a checkpoint saves and what a resume
+restores (`checkpoint.py`): nothing a resume needs lives anywhere else. `TrainState` is the part that is plain
+data (the position, the early-stopping state, the history), saved as JSON and kept in the run's metrics.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import get_scheduler
+
+from ..config import TrainConfig
+from ..errors import TrainingError
+from .precision import autocast
+
+
+@dataclass
+class TrainState:
+    """Where training stands; with the optimizer and scheduler states, enough to resume exactly."""
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimisation steps completed
+    best_value: float | None = None
+    best_epoch: int = 0
+    best_step: int = 0
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_at_step: int | None = None  # set when the run continued from a checkpoint
+    seconds_before_resume: float = 0.0  # training time spent before that, in the interrupted process(es)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on weight matrices only: decaying biases and LayerNorm gains only hurts."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class Training:
+    model: nn.Module
+    cfg: TrainConfig
+    learning_rate: float
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    shuffle: torch.Generator  # the data order's own generator: the order does not depend on dropout
+    precision: str
+    device: torch.device
+    total_steps: int
+    state: TrainState = field(default_factory=TrainState)
+    best_weights: dict[str, torch.Tensor] = field(default_factory=dict)  # the best evaluation's trainable weights
+    epoch_rng: torch.Tensor | None = None  # the shuffle's state when the current epoch began: its batch order
+    batches_done: int = 0  # batches of the current epoch already trained
+    running: float = 0.0  # training loss summed since the last history record
+    since_log: int = 0  # steps since that record
+    started: float = field(default_factory=time.time)  # when this process began training
+    trainable: list[torch.nn.Parameter] = field(default_factory=list)  # what the optimizer updates and clipping sees
+
+    @classmethod
+    def start(cls, model: nn.Module, cfg: TrainConfig, learning_rate: float, steps_per_epoch: int, precision: str,
+              device: torch.device) -> "Training":
+        """Seeded optimizer, scheduler and data order for a run of `cfg.epochs` epochs."""
+        torch.manual_seed(cfg.seed)
+        model.to(device)
+        optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=learning_rate)
+        total = steps_per_epoch * cfg.epochs
+        scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total),
+                                  num_training_steps=total)
+        shuffle = torch.Generator().manual_seed(cfg.seed)
+        training = cls(model, cfg, learning_rate, optimizer, scheduler, shuffle, precision, device, total)
+        training.trainable = [p for p in model.parameters() if p.requires_grad]
+        training.best_weights = trainable_copy(model)
+        training.epoch_rng = shuffle.get_state()
+        return training
+
+    def step(self, batch: dict[str, torch.Tensor]) -> float:
+        """One optimisation step on `batch`; returns its loss."""
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with autocast(self.precision, self.device):
+            loss = self.model(**batch).loss
+        if not torch.isfinite(loss):
+            raise TrainingError(f"the training loss became {float(loss.detach())} at step {self.state.step + 1}; "
+                                f"lower train.learning_rate (now {self.learning_rate:g}) or use "
+                                f"train.precision=fp32")
+        loss.backward()
+        if self.cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        value = float(loss.detach())
+        self.running, self.since_log = self.running + value, self.since_log + 1
+        return value
+
+    def seconds(self) -> float:
+        """Training time so far, including that of the process(es) a resume continued."""
+        return self.state.seconds_before_resume + time.time() - self.started
+
+    def record_loss(self, epoch: float) -> None:
+        """The mean training loss since the last record, into the history."""
+        self.state.history.append({"step": self.state.step, "epoch": epoch, "train_loss": self.running / self.since_log,
+                                   "learning_rate": self.scheduler.get_last_lr()[0], "time": time.time()})
+        self.running, self.since_log = 0.0, 0
+
+    @torch.no_grad()
+    def keep_best(self) -> None:
+        self.best_weights = trainable_copy(self.model)
+
+    @torch.no_grad()
+    def restore_best(self) -> None:
+        params = dict(self.model.named_parameters())
+        for name, value in self.best_weights.items():
+            params[name].copy_(value)
+
+
+@torch.no_grad()
+def trainable_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
