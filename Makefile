@@ -29,7 +29,9 @@ $(VENV)/.setup-stamp: pyproject.toml Makefile
 demo: setup
 	$(BIN)/tunelab compare configs/demo.yaml --methods prompt,lora,adapter,full
 
+# lint-imports first: the layers of pyproject.toml's [tool.importlinter] (seconds; a broken layer fails fast).
 test: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 test-all: setup

@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 from tunelab import pipeline  # noqa: E402
-from tunelab.config import load_config  # noqa: E402
+from tunelab.settings import load_config  # noqa: E402
 from tunelab.data import load_splits  # noqa: E402
 from tunelab.methods.prompt import Candidate  # noqa: E402
 from tunelab.methods.prompt_decoder import DEFAULT_LABEL_TEMPLATES, DEFAULT_TEMPLATES  # noqa: E402

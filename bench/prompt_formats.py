@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from tunelab import pipeline  # noqa: E402
-from tunelab.config import load_config  # noqa: E402
+from tunelab.settings import load_config  # noqa: E402
 from tunelab.data import load_splits  # noqa: E402
 from tunelab.methods.prompt import Candidate  # noqa: E402
 

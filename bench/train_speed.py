@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from tunelab.config import load_config  # noqa: E402
+from tunelab.settings import load_config  # noqa: E402
 from tunelab.data import load_splits  # noqa: E402
 from tunelab.pipeline import prepare  # noqa: E402
 from tunelab.training.batches import Batches  # noqa: E402

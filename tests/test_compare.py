@@ -116,7 +116,7 @@ def test_a_method_may_replace_shared_train_settings():
 
 
 def test_a_methods_train_block_is_checked_like_train(tiny_config):
-    from tunelab.config import load_config
+    from tunelab.settings import load_config
     from tunelab.errors import ConfigError
     cfg = tiny_config("lora")
     cfg["methods"] = {"full": {"freeze_layers": 1, "train": {"learning_rate": 5e-5}}}

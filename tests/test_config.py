@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from tunelab.cli import main
-from tunelab.config import load_config
+from tunelab.settings import load_config
 from tunelab.errors import ConfigError
 from tunelab.methods import METHODS
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tunelab.api import tune
-from tunelab.config import load_config
+from tunelab.settings import load_config
 from tunelab.errors import ConfigError
 from tunelab.tune import default_space, search, space_for, with_params
 

@@ -1,6 +1,6 @@
 """tunelab: adapt a pretrained language model to your task with prompt engineering, parameter-efficient
 fine-tuning or full fine-tuning — and measure which one to use."""
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
 
 def train(*args, **kwargs):
@@ -22,8 +22,8 @@ def predict(*args, **kwargs):
 
 
 def load_config(*args, **kwargs):
-    """See `tunelab.config.load_config`."""
-    from .config import load_config as _load
+    """See `tunelab.settings.load_config`."""
+    from .settings import load_config as _load
     return _load(*args, **kwargs)
 
 

@@ -1,22 +1,27 @@
 """The Python API: `train`, `evaluate`, `predict` — the same functions the CLI calls."""
 from __future__ import annotations
 
+import json
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import RunConfig, from_dict, load_config
+from .config import RunConfig
 from .data import Splits, load_splits, rows_to_examples
 from .data.files import read_rows
 from .diagnostics import overfitting_warnings
 from .errors import TunelabError
-from .pipeline import fit, reload
+from .pipeline import data_for, fit, reload
 from .runs import RunWriter, read_run, run_name, versions
+from .settings import from_dict, load_config
 from .tasks import task_for
 from .training.checkpoint import Checkpoint
 from .training.memory import PeakMemory
 from .training.precision import device
+from .training.state import TrainState
+from .tune import as_overrides, kept_folder, kept_trial, search, trials_table, with_params
 
 
 def _config(config: RunConfig | str | Path | dict, overrides: list[str] | dict | None) -> RunConfig:
@@ -36,7 +41,8 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | N
     task = task_for(cfg)
     splits = data_for(cfg, task)
     folder = Path(cfg.output) / run_name(cfg)
-    checkpoint = Checkpoint(folder, cfg.to_dict(), cfg.train.checkpoint_every)
+    checkpoint = Checkpoint(folder, cfg.to_dict(), cfg.train.checkpoint_every,
+                            resolve=lambda saved: load_config(saved).to_dict())
     if resume:
         checkpoint.check_resumable()
     elif checkpoint.exists():  # never start over silently on top of hours of someone's training
@@ -118,7 +124,6 @@ def tune(config: RunConfig | str | Path | dict, overrides: list[str] | dict | No
     setting as a run folder, which alone predicts the test split. Returns the search (`tune.summary`) with
     `run_folder` and `test` added. An interrupted search resumes from `storage` (default
     `<output>/<name>.tuning.db`)."""
-    from .tune import as_overrides, search, trials_table, with_params
     cfg = _config(config, overrides)
     storage = Path(storage) if storage else Path(cfg.output) / f"{run_name(cfg)}.tuning.db"
     result = search(cfg, trials, storage, minutes=minutes, keep_best=not search_only, log=log)
@@ -142,10 +147,6 @@ def _run_of_kept_trial(cfg: RunConfig, storage: Path, number: int, overwrite: bo
                        log: Callable[[str], None]) -> dict[str, Any] | None:
     """The run folder of the best setting from the model its trial kept (no second training), or None when
     the kept model is another trial's."""
-    import shutil
-
-    from .training.state import TrainState
-    from .tune import kept_folder, kept_trial
     kept = kept_trial(storage)
     if not kept or kept["number"] != number:
         return None
@@ -169,15 +170,6 @@ def _run_of_kept_trial(cfg: RunConfig, storage: Path, number: int, overwrite: bo
     metrics["run_folder"] = str(run_folder)
     _summary(metrics, log)
     return metrics
-
-
-def data_for(cfg: RunConfig, task) -> Splits:
-    """The run's splits, every data check done before a model is loaded."""
-    splits = load_splits(cfg.data, task.label_kind)
-    if task.checks_data:  # and those that need the task's options or tokenizer (a QA question too long for its window)
-        from . import models
-        task.check_data(models.load_tokenizer(models.resolve(cfg.model)), splits, cfg.data.max_length)
-    return splits
 
 
 def _diagnostics(adapted, splits, validation: dict[str, Any]) -> dict[str, Any]:
@@ -211,7 +203,6 @@ def _load_run(run: str | Path):
 
 
 def _run_labels(folder: Path) -> list[str]:
-    import json
     metrics = folder / "metrics.json"
     if not metrics.is_file():
         raise TunelabError(f"{folder} has no metrics.json; the run did not finish, train it again")
@@ -223,9 +214,9 @@ def evaluate(run: str | Path, data: str | Path | None = None) -> dict[str, Any]:
     folder, cfg, labels = _load_run(run)
     task = task_for(cfg)
     if data is None:
-        examples = load_splits(cfg.data, task.label_kind).test
+        examples = load_splits(cfg.data, task).test
     else:
-        examples = rows_to_examples(read_rows(data), cfg.data, task.label_kind)
+        examples = rows_to_examples(read_rows(data), cfg.data, task)
         if labels:
             for e in examples:
                 if e.label not in labels:
@@ -242,12 +233,11 @@ def predict(run: str | Path, input: str | Path, output: str | Path, overwrite: b
     output = Path(output)
     if output.exists() and not overwrite:
         raise TunelabError(f"{output} exists already; choose another --output or pass --overwrite")
-    examples = rows_to_examples(read_rows(input), cfg.data, task.label_kind, need_label=False)
+    examples = rows_to_examples(read_rows(input), cfg.data, task, need_label=False)
     adapted = reload(cfg, folder, labels)
     scores, _ = adapted.scores(examples)
     tmp = output.with_name(f".{output.name}.partial")
     output.parent.mkdir(parents=True, exist_ok=True)
-    import json
     with tmp.open("w", encoding="utf-8") as f:
         for row in task.prediction_rows(examples, scores, labels):
             f.write(json.dumps(row, ensure_ascii=False) + "\n")

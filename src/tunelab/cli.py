@@ -223,7 +223,8 @@ def _methods(args) -> None:
 def _config(args) -> None:
     import yaml
 
-    from .config import RunConfig, load_config
+    from .config import RunConfig
+    from .settings import load_config
     if args.config:
         print(yaml.safe_dump(load_config(args.config, args.overrides).to_dict(), sort_keys=False))
         return

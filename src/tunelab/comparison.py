@@ -19,37 +19,18 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
-from .config import RunConfig, _merge, differences, load_config
+from .config import RunConfig, _merge, differences, parse_overrides, read_yaml
 from .errors import ConfigError, TunelabError
 from .methods import METHODS
 from .measured import measure
+from .plan import base_dict, default_methods, method_config  # noqa: F401  (method_config: this module's API too)
 from .recommend import recommend_measured
+from .report import write_report
+from .report.table import shown_metrics, table_rows  # noqa: F401  (table_rows: part of this module's API)
+from .settings import load_config
+from .tasks import TASKS
 from .training.checkpoint import checkpoint_folder
-from .tune import with_params
-
-
-def default_methods(cfg: RunConfig) -> list[str]:
-    """Every registered method that fits the task (prompt scores with encoders and decoders alike)."""
-    return [name for name, method in METHODS.items() if cfg.task in method.tasks]
-
-
-def method_config(base: dict[str, Any], name: str, folder: Path) -> dict[str, Any]:
-    """The config of one method in the comparison: the shared config, the method's own options.
-
-    A method's block under `methods:` may hold a `train:` block whose keys replace the shared `train:` ones for
-    that method alone: a learning rate right for LoRA (1e-3) would wreck full fine-tuning (5e-5)."""
-    cfg = {k: v for k, v in base.items() if k not in ("method", "methods")}
-    block = base.get("method") or {}
-    options = {k: v for k, v in block.items() if k != "name"} if block.get("name") == name else {}
-    own = dict((base.get("methods") or {}).get(name) or {})
-    train = own.pop("train", None)
-    options.update(own)
-    if train:  # merged like overrides: `train: {early_stopping: {patience: 0}}` keeps the shared metric
-        cfg["train"] = _merge(cfg.get("train") or {}, train)
-    cfg["method"] = {"name": name, **options}
-    cfg["output"] = str(folder / "runs")
-    cfg["name"] = name
-    return cfg
+from .tune import kept_folder, load_summary, with_params
 
 
 def compare(config: RunConfig | str | Path | dict, methods: list[str] | None = None,
@@ -58,7 +39,7 @@ def compare(config: RunConfig | str | Path | dict, methods: list[str] | None = N
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train each method (after a search of its settings with `tune.trials`, on `compare.seeds` seeds), write
     `comparison.json` and the report; returns the comparison."""
-    base = _base_dict(config, overrides)
+    base = base_dict(config, overrides)
     cfg = load_config(base)
     methods = methods or default_methods(cfg)
     unknown = [m for m in methods if m not in METHODS]
@@ -92,7 +73,6 @@ def compare(config: RunConfig | str | Path | dict, methods: list[str] | None = N
     tmp = folder / ".comparison.json.partial"
     tmp.write_text(json.dumps(comparison, indent=2) + "\n")
     tmp.replace(folder / "comparison.json")  # written whole or not at all
-    from .report import write_report
     write_report(folder)
     _print_table(comparison, log)
     return comparison
@@ -163,7 +143,6 @@ def _tune_method(method: str, config: dict[str, Any], folder: Path, trials: int,
     """Search the method's settings in a process of its own (`tunelab tune`); its trials stay in
     `tuning/<method>.db`, so that an interrupted comparison resumes the search. The search's best trial becomes
     the first seed's run (`runs/<method>`) without a second training, unless that run exists already."""
-    from .tune import kept_folder
     storage = folder / "tuning" / f"{method}.db"
     cfg = load_config(config)
     metric = cfg.train.early_stopping.metric or _task(cfg).default_metric
@@ -187,27 +166,11 @@ def _tune_method(method: str, config: dict[str, Any], folder: Path, trials: int,
         log(f"  {method}'s search failed: {reason}")
         return {"method": method, "family": METHODS.get(method).family, "status": "failed",
                 "reason": f"search: {reason}", "seconds": seconds, "log": str(folder / "tuning" / f"{method}.log")}
-    from .tune import load_summary
     return load_summary(storage, method, metric)
 
 
 def _task(cfg: RunConfig):
-    from .tasks import TASKS
     return TASKS.get(cfg.task)
-
-
-def _base_dict(config, overrides) -> dict[str, Any]:
-    if isinstance(config, RunConfig):
-        data = config.to_dict()
-    elif isinstance(config, dict):
-        data = dict(config)
-    else:
-        from .config import read_yaml
-        data = read_yaml(config)
-    if overrides:
-        from .config import parse_overrides
-        data = _merge(data, parse_overrides(overrides))
-    return data
 
 
 def _default_name(cfg: RunConfig) -> str:
@@ -300,78 +263,6 @@ def _row(method: str, run: Path, seed: int) -> dict[str, Any]:
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-
-
-def shown_metrics(comparison: dict[str, Any]) -> list[str]:
-    """The test metrics of the table: the chosen one first, then the task's usual ones (or the loss)."""
-    from .tasks import TASKS
-    metric = comparison["metric"]
-    usual = TASKS.get(comparison["task"]).shown_metrics if comparison.get("task") in TASKS else ()
-    return [metric] + [m for m in (usual or ("loss",)) if m != metric]
-
-
-def table_rows(comparison: dict[str, Any]) -> list[list[str]]:
-    """The results table as text cells (shared by the console, report.md and report.html).
-
-    The main metric shows how sure it is: ± half the bootstrap interval with one training seed, ± the standard
-    deviation over seeds with several; and each method's paired difference from the recommended one."""
-    metric = comparison["metric"]
-    shown = shown_metrics(comparison)
-    seeds = len(comparison.get("seeds") or [0])
-    level = f"{comparison.get('confidence', 0.9):.0%}"
-    sure = f" (mean ± sd, {seeds} seeds)" if seeds > 1 else f" (± {level} interval)"
-    best = (comparison.get("recommendation") or {}).get("best")
-    header = ["method", "family", *(f"test {m}" + (sure if m == metric else "") for m in shown),
-              f"validation {metric}{sure}", f"validation {metric} − {best}'s ({level} paired interval)",
-              "trainable params", "trainable %", "train time (s)", "peak memory (MB)", "saved size (MB)",
-              "predict (ex/s)"]
-    if not best or not any(r.get("difference") for r in comparison["rows"]):
-        del header[len(shown) + 3]
-    out = [header]
-    for r in comparison["rows"]:
-        if r["status"] != "ok":
-            out.append([r["method"], r["family"], "failed: " + r["reason"]] + [""] * (len(header) - 3))
-            continue
-        cells = [r["method"], r["family"], *(_sure(r, "test", m, metric, seeds) for m in shown),
-                 _sure(r, "validation", metric, metric, seeds)]
-        if len(header) == len(shown) + 10:
-            cells.append(_difference(r, best))
-        out.append(cells + [f"{r['parameters']['trainable']:,}", f"{r['parameters']['trainable_percent']:.2f}",
-                            f"{r['fit_seconds']:.0f}", f"{r['peak_memory_mb']:.0f}", f"{r['saved_size_mb']:.2f}",
-                            _rate(r['predict_examples_per_second'])])
-    return out
-
-
-def _sure(row: dict[str, Any], split: str, metric: str, main: str, seeds: int) -> str:
-    """"0.8160 ±0.0220": the value and how sure it is (only the main metric has an interval)."""
-    value = row[split].get(metric)
-    if value is None:
-        return ""
-    if metric != main:
-        return _fmt(value)
-    if seeds > 1 and row.get("spread"):
-        return f"{value:.4f} ±{row['spread'][split].get(metric, 0):.4f}"
-    interval = (row.get("interval") or {}).get(split)
-    return f"{value:.4f} ±{(interval[1] - interval[0]) / 2:.4f}" if interval else _fmt(value)
-
-
-def _difference(row: dict[str, Any], best: str) -> str:
-    if row["method"] == best:
-        return "(best)"
-    d = (row.get("difference") or {}).get("validation")
-    if not d:
-        return ""
-    lo, hi = d["interval"]
-    return f"{d['value']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
-
-
-def _rate(v: float) -> str:
-    """Examples per second: generating runs below one, which a whole number would show as 0."""
-    return f"{v:.0f}" if v >= 10 else f"{v:.2g}"
-
-
-def _fmt(v: float | None) -> str:
-    return "" if v is None else f"{v:.4f}"
 
 
 def _print_table(comparison: dict[str, Any], log) -> None:

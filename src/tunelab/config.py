@@ -1,13 +1,14 @@
-"""The one config: task, model, data, method, training — typed, documented, validated together.
+"""The one config's typed blocks: task, model, data, method, training, comparison, search — one documented
+field each (`tunelab config` prints them), with the checks of single fields.
 
-A config comes from a YAML file plus dotted command-line overrides (`train.epochs=5`). Every
-problem — unknown key, wrong type, out-of-range value, unknown name — is collected into one
-`ConfigError`, so a user fixes the file in one pass.
+A config comes from a YAML file plus dotted command-line overrides (`train.epochs=5`), read and merged here.
+`settings.load_config` builds it and checks it against the parts that define names (methods, tasks, datasets,
+models); this module imports none of them. Every problem (unknown key, wrong type, out-of-range value, unknown
+name) is collected into one `ConfigError`, so a user fixes the file in one pass.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -15,7 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
-from .typed import build, fraction, non_negative, option, positive, to_dict
+from .typed import fraction, non_negative, option, positive, to_dict
 
 
 @dataclass
@@ -25,16 +26,6 @@ class SplitConfig:
     seed: int = option(0, "Seed of the stratified shuffle; the same seed gives the same splits for every method. "
                        "Examples with a group (a Bible book, a chatbot question) are split by group: a group "
                        "never straddles two splits.")
-
-
-BIBLE_LANGUAGES = ("en", "fr", "de", "es", "it", "pt", "ru", "pl", "ro")  # data/builtin.py's BIBLES
-
-
-def _language_pair(v: str) -> str | None:
-    parts = v.split("-")
-    if len(parts) == 2 and parts[0] != parts[1] and all(p in BIBLE_LANGUAGES for p in parts):
-        return None
-    return f"must be two different languages of {', '.join(BIBLE_LANGUAGES)} joined by '-', e.g. en-fr"
 
 
 @dataclass
@@ -56,8 +47,8 @@ class DataConfig:
     max_examples: int | None = option(None, "Keep a stratified subset of this many examples (before splitting).",
                                       positive)
     max_length: int = option(128, "Longest input in tokens; longer texts are truncated.", positive)
-    languages: str | None = option(None, "`bible_parallel` only: the language pair, source-target, of "
-                                   f"{', '.join(BIBLE_LANGUAGES)}. Unset: en-fr.", _language_pair)
+    languages: str | None = option(None, "`bible_parallel` only: the language pair, source-target, e.g. fr-de "
+                                   "(`tunelab datasets` lists the languages). Unset: en-fr.")
 
 
 @dataclass
@@ -191,6 +182,10 @@ class TuneConfig:
             "fine-tuning's frozen layers).", factory=dict)
 
 
+# Train keys a hyper-parameter search may set (`tune.space`); any other parameter is one of the method's options.
+TRAIN_PARAMS = ("learning_rate", "epochs", "weight_decay", "warmup_ratio", "dropout", "batch_size")
+
+
 @dataclass
 class MethodConfig:
     """`name` picks the method; its options are that method's own typed dataclass."""
@@ -292,124 +287,3 @@ def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     key = prefix.rstrip(".")
     no_effect = any(key == k or key.startswith(k + ".") for k in NO_EFFECT_ON_RESULTS)
     return [] if old == new or no_effect else [f"{key} {old!r} → {new!r}"]
-
-
-def load_config(source: str | Path | dict | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
-    """A validated `RunConfig` from a YAML path or a dict, plus dotted overrides."""
-    data = read_yaml(source) if isinstance(source, (str, Path)) else copy.deepcopy(source or {})
-    extra = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
-    if isinstance(data.get("method"), str):  # `method: lora` is short for `method: {name: lora}`
-        data["method"] = {"name": data["method"]}
-    method_renamed = isinstance(extra.get("method"), dict) and "name" in extra["method"]
-    if method_renamed and isinstance(data.get("method"), dict):
-        # `train lora.yaml method.name=full`: the file's LoRA options don't apply to full
-        # fine-tuning, so keep only the ones the new method also has.
-        data["method"] = _keep_options_of(extra["method"]["name"], data["method"])
-    return from_dict(_merge(data, extra))
-
-
-def _keep_options_of(name: Any, block: dict) -> dict:
-    from .methods import METHODS
-    if name not in METHODS:
-        return block
-    valid = {f.name for f in dataclasses.fields(METHODS.get(name).Options)}
-    return {k: v for k, v in block.items() if k in valid}
-
-
-def from_dict(data: dict[str, Any]) -> RunConfig:
-    problems: list[str] = []
-    method_block = data.get("method", {"name": "lora"})
-    if isinstance(method_block, str):
-        method_block = {"name": method_block}
-    rest = {k: v for k, v in data.items() if k != "method"}
-    cfg = build(RunConfig, rest, "", problems)
-    method = _build_method(method_block, problems)
-    if cfg is not None and method is not None:
-        cfg.method = method
-        problems += validate(cfg)
-    if problems:
-        raise ConfigError(problems)
-    return cfg
-
-
-def _build_method(block: Any, problems: list[str]) -> MethodConfig | None:
-    from .methods import METHODS
-    if not isinstance(block, dict) or "name" not in block:
-        problems.append(f"`method` must be a mapping with a `name` ({', '.join(METHODS.names())}), got {block!r}")
-        return None
-    name = block["name"]
-    if name not in METHODS:
-        problems.append(f"`method.name`: {METHODS.unknown(name)}")
-        return None
-    options_cls = METHODS.get(name).Options
-    opts = build(options_cls, {k: v for k, v in block.items() if k != "name"}, "method", problems)
-    return MethodConfig(name, opts)
-
-
-def validate(cfg: RunConfig) -> list[str]:
-    """Cross-field rules and names, checked together; returns every problem found."""
-    from .data.builtin import DATASETS
-    from .methods import METHODS
-    from .models import MODELS
-    from .tasks import TASKS
-    problems = []
-    if cfg.task not in TASKS:
-        problems.append(f"`task`: {TASKS.unknown(cfg.task)}")
-    else:
-        task = TASKS.get(cfg.task)
-        method = METHODS.get(cfg.method.name)
-        if cfg.task not in method.tasks:
-            problems.append(f"method {cfg.method.name!r} does not support task {cfg.task!r}; methods for it: "
-                            f"{', '.join(n for n, m in METHODS.items() if cfg.task in m.tasks)}")
-        metric = cfg.train.early_stopping.metric
-        if metric is not None and metric not in task.metric_names:
-            problems.append(f"`train.early_stopping.metric` {metric!r} is not a {cfg.task} metric; choose one of: "
-                            f"{', '.join(task.metric_names)}")
-        builtin_task = DATASETS.get(cfg.data.source).task if cfg.data.source in DATASETS else None
-        # Generation and QA examples carry their own fields: a dataset of another task cannot stand in.
-        if builtin_task and builtin_task != cfg.task and {"generation", "extractive_qa"} & {cfg.task, builtin_task}:
-            problems.append(f"`data.source` {cfg.data.source!r} is a {DATASETS.get(cfg.data.source).task} dataset, "
-                            f"not one for task {cfg.task!r}")
-        if cfg.data.languages and "languages" not in (DATASETS.get(cfg.data.source).options
-                                                      if cfg.data.source in DATASETS else ()):
-            problems.append(f"`data.languages` applies to the built-in bible_parallel only, not to "
-                            f"{cfg.data.source!r}; remove it")
-        missing_roles = [r for r in task.required_columns if r not in cfg.data.columns]
-        if missing_roles and cfg.data.source not in DATASETS:
-            problems.append(f"`data.columns` must name the {', '.join(missing_roles)} column(s) for {cfg.task}")
-    for name, block in cfg.methods.items():
-        if name not in METHODS:
-            problems.append(f"`methods.{name}`: {METHODS.unknown(name)}")
-        elif isinstance(block, dict):
-            own = {k: v for k, v in block.items() if k != "train"}
-            build(METHODS.get(name).Options, own, f"methods.{name}", problems)
-            if isinstance(block.get("train"), dict):  # that method's replacements of the shared `train:` keys
-                build(TrainConfig, block["train"], f"methods.{name}.train", problems)
-            elif "train" in block:
-                problems.append(f"`methods.{name}.train` must be a mapping of train options, got {block['train']!r}")
-        else:
-            problems.append(f"`methods.{name}` must be a mapping of {name}'s options, got {block!r}")
-    from .tune import space_problems
-    problems += space_problems(cfg)
-    if cfg.model not in MODELS and not Path(cfg.model).is_dir():
-        problems.append(f"`model`: {cfg.model!r} is neither a built-in alias ({', '.join(MODELS.names())}) "
-                        f"nor a local model folder")
-    source = cfg.data.source
-    if source not in DATASETS and not Path(source).exists():
-        problems.append(f"`data.source`: {source!r} is neither a built-in dataset ({', '.join(DATASETS.names())}) "
-                        f"nor an existing file or folder")
-    for key in ("validation_file", "test_file"):
-        path = getattr(cfg.data, key)
-        if path is not None and not Path(path).is_file():
-            problems.append(f"`data.{key}`: file {path!r} not found")
-    if cfg.task == "extractive_qa" and cfg.extractive_qa.doc_stride >= cfg.data.max_length:
-        problems.append(f"`extractive_qa.doc_stride` {cfg.extractive_qa.doc_stride} must be smaller than "
-                        f"`data.max_length` {cfg.data.max_length} (windows share that many context tokens); "
-                        f"lower it, e.g. to a quarter of data.max_length")
-    split = cfg.data.split
-    cut = (split.validation if cfg.data.validation_file is None else 0) + (split.test if cfg.data.test_file is None else 0)
-    if cut >= 0.9:
-        problems.append(f"`data.split` holds out {cut:.0%} of the examples; keep validation + test below 90%")
-    if cfg.data.labels is not None and len(set(cfg.data.labels)) < 2 and cfg.task == "classification":
-        problems.append("`data.labels` must list at least two labels")
-    return problems

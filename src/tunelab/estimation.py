@@ -3,9 +3,9 @@
 Assumptions (printed with the estimates):
 - time = model load + tokenisation + (steps per epoch × epochs) × seconds per step + one validation
   pass per epoch, where seconds per step and per evaluation batch are timed on a few real batches
-  of the dataset ("calibration"); early stopping can only make the real run shorter;
+  of the dataset ("timing"); early stopping can only make the real run shorter;
 - peak memory = the peak resident memory (or GPU allocation) of a process that loaded the model and
-  ran the calibration steps — optimizer state and activations included — plus the copy of the best
+  ran the timed steps — optimizer state and activations included — plus the copy of the best
   weights that training keeps;
 - each method is calibrated in its own process, as `compare` trains it, so figures don't mix.
 """
@@ -15,44 +15,48 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
-from .config import RunConfig, load_config
+from .config import RunConfig
+from .data import load_splits
+from .errors import TunelabError
 from .methods.base import TIMED_STEPS
+from .pipeline import prepare
+from .plan import base_dict, default_methods, method_config
+from .settings import load_config
+from .tasks import TASKS
+from .training.memory import PeakMemory
 
 ASSUMPTIONS = [
     "training time = load + tokenise + steps x (timed seconds per step) + one validation pass per epoch; "
     "early stopping can only shorten it",
     "peak memory = peak resident memory (GPU: allocated) of a process that loaded the model and ran "
     f"{TIMED_STEPS} timed training steps, plus the kept copy of the best weights",
-    "the calibration uses real batches of the training split, so text lengths match the data",
+    "the timed steps use real batches of the training split, so text lengths match the data",
 ]
 
 
 def estimate(config: RunConfig | str | Path | dict, methods: list[str] | None = None,
              overrides: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from .comparison import _base_dict, default_methods, method_config
-    from .data import load_splits
-    from .tasks import TASKS
-    base = _base_dict(config, overrides)
+    base = base_dict(config, overrides)
     cfg = load_config(base)
     methods = methods or default_methods(cfg)
-    splits = load_splits(cfg.data, TASKS.get(cfg.task).label_kind)
+    splits = load_splits(cfg.data, TASKS.get(cfg.task))
     rows = []
     for method in methods:
         method_cfg = load_config(method_config(base, method, Path(cfg.output)))
-        log(f"calibrating {method} ({TIMED_STEPS} timed steps)")
-        rows.append(_calibrate_in_subprocess(method, method_cfg))
+        log(f"timing {method} ({TIMED_STEPS} training steps)")
+        rows.append(_time_in_subprocess(method, method_cfg))
     return {"methods": rows, "n_train": len(splits.train), "n_classes": len(splits.labels),
             "epochs": cfg.train.epochs, "assumptions": ASSUMPTIONS}
 
 
-def _calibrate_in_subprocess(method: str, cfg: RunConfig) -> dict[str, Any]:
-    import tempfile
+def _time_in_subprocess(method: str, cfg: RunConfig) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -64,15 +68,10 @@ def _calibrate_in_subprocess(method: str, cfg: RunConfig) -> dict[str, Any]:
     return {"method": method, "status": "ok", **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
-def calibrate(cfg: RunConfig) -> dict[str, Any]:
-    """Time a few steps of `cfg`'s method in this process (`Method.estimate`); what `_calibrate_in_subprocess`
+def time_method(cfg: RunConfig) -> dict[str, Any]:
+    """Time a few steps of `cfg`'s method in this process (`Method.estimate`); what `_time_in_subprocess`
     runs."""
-    from .data import load_splits
-    from .pipeline import prepare
-    from .tasks import TASKS
-    from .training.memory import PeakMemory
-
-    splits = load_splits(cfg.data, TASKS.get(cfg.task).label_kind)
+    splits = load_splits(cfg.data, TASKS.get(cfg.task))
     with PeakMemory() as memory:
         start = time.perf_counter()
         adapted = prepare(cfg, splits, log=lambda _: None)
@@ -94,10 +93,9 @@ def format_estimates(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-if __name__ == "__main__":  # the calibration process: one method, JSON on the last line of stdout
-    from .errors import TunelabError
+if __name__ == "__main__":  # the timing process: one method, JSON on the last line of stdout
     try:
-        print(json.dumps(calibrate(load_config(sys.argv[1]))))
+        print(json.dumps(time_method(load_config(sys.argv[1]))))
     except TunelabError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -13,8 +13,9 @@ from typing import Any, Callable
 
 from torch import nn
 
+from . import models
 from .config import RunConfig
-from .data import Example, Splits
+from .data import Example, Splits, load_splits
 from .methods import METHODS, Method, Run
 from .tasks import Task, task_for
 from .training.checkpoint import Checkpoint
@@ -65,6 +66,14 @@ class Adapted:
         counts = self.method.parameters()
         counts["trainable_percent"] = round(100 * counts["trainable"] / counts["total"], 4)
         return counts
+
+
+def data_for(cfg: RunConfig, task) -> Splits:
+    """The run's splits, every data check done before a model is loaded."""
+    splits = load_splits(cfg.data, task)
+    if task.checks_data:  # and those that need the task's options or tokenizer (a QA question too long for its window)
+        task.check_data(models.load_tokenizer(models.resolve(cfg.model)), splits, cfg.data.max_length)
+    return splits
 
 
 def _method(cfg: RunConfig, labels: list[str]) -> tuple[Method, Run]:

@@ -18,6 +18,7 @@ from typing import Any, Iterable
 import yaml
 
 from .errors import TunelabError
+from .version import __version__
 
 
 def run_name(cfg) -> str:
@@ -112,7 +113,6 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    from . import __version__
     return {"tunelab": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "peft": peft.__version__}
 

@@ -21,18 +21,23 @@ is run again.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import RunConfig, _merge, differences, load_config
+from .config import TRAIN_PARAMS, RunConfig, _merge, differences
 from .errors import TunelabError
+from .methods import METHODS
+from .pipeline import data_for, fit
+from .settings import load_config
+from .tasks import task_for
+from .training.memory import PeakMemory
 
-# Train keys a search may set; any other parameter is one of the method's options.
-TRAIN_PARAMS = ("learning_rate", "epochs", "weight_decay", "warmup_ratio", "dropout", "batch_size")
+# Optuna is imported in the functions that use it: it is this module's alone, and `tunelab train` needs none of it.
+
 LR_HALF_SPAN = 10 ** 0.75  # the learning rate is searched over 1.5 decades centred on the method's default
 REPORTS_PER_EPOCH = 3  # the pruner's unit: a third of an epoch (reported within the first epoch only)
 PRUNER = "successive halving at thirds of the first epoch and at each epoch, reduction factor 3"
@@ -40,7 +45,6 @@ PRUNER = "successive halving at thirds of the first epoch and at each epoch, red
 
 def default_space(method: str) -> dict[str, dict[str, Any]]:
     """Learning rate log-uniform around the method's default, and the method's own parameters."""
-    from .methods import METHODS
     m = METHODS.get(method)
     lr = m.default_learning_rate
     return {"learning_rate": {"low": lr / LR_HALF_SPAN, "high": lr * LR_HALF_SPAN, "log": True},
@@ -62,7 +66,6 @@ def space_for(cfg: RunConfig) -> dict[str, dict[str, Any]]:
 
 def current_params(cfg: RunConfig, space: dict[str, Any]) -> dict[str, Any]:
     """The config's own values of the searched parameters: the untuned trial."""
-    from .methods import METHODS
     out = {}
     for name in space:
         if name == "learning_rate":
@@ -72,50 +75,6 @@ def current_params(cfg: RunConfig, space: dict[str, Any]) -> dict[str, Any]:
         else:
             out[name] = getattr(cfg.method.options, name)
     return {k: v for k, v in out.items() if v is not None}
-
-
-def space_problems(cfg: RunConfig) -> list[str]:
-    """Every problem of `tune.space`, for `config.validate`."""
-    from .methods import METHODS
-    problems = []
-    for method, space in cfg.tune.space.items():
-        key = f"`tune.space.{method}`"
-        if method not in METHODS:
-            problems.append(f"{key}: {METHODS.unknown(method)}")
-            continue
-        if METHODS.get(method).default_learning_rate is None:
-            problems.append(f"{key}: {method} trains nothing, so it has no hyper-parameters to search; remove it")
-            continue
-        if not isinstance(space, dict) or not space:
-            problems.append(f"{key} must map parameter names to {{low, high, log}} or {{choices}}, got {space!r}")
-            continue
-        options = {f.name for f in dataclasses.fields(METHODS.get(method).Options)}
-        for name, spec in space.items():
-            if name not in TRAIN_PARAMS and name not in options:
-                problems.append(f"{key}.{name}: not a parameter of {method}; choose from "
-                                f"{', '.join([*TRAIN_PARAMS, *sorted(options)])}")
-            else:
-                problems += [f"{key}.{name} {p}" for p in _spec_problems(spec)]
-    return problems
-
-
-def _spec_problems(spec: Any) -> list[str]:
-    if not isinstance(spec, dict):
-        return [f"must be {{low, high, log}} or {{choices: [...]}}, got {spec!r}"]
-    if "choices" in spec:
-        extra = set(spec) - {"choices"}
-        if not isinstance(spec["choices"], list) or not spec["choices"]:
-            return ["`choices` must be a non-empty list"]
-        return [f"takes `choices` alone; remove {', '.join(sorted(extra))}"] if extra else []
-    extra = set(spec) - {"low", "high", "log"}
-    if extra or not {"low", "high"} <= set(spec):
-        return [f"must be {{low, high, log}} or {{choices: [...]}}, got {spec!r}"]
-    low, high = spec["low"], spec["high"]
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low >= high:
-        return [f"needs numbers low < high, got low {low!r}, high {high!r}"]
-    if spec.get("log") and low <= 0:
-        return [f"is log-scaled, so `low` must be positive, got {low!r}"]
-    return []
 
 
 def suggest(trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -150,11 +109,6 @@ def search(cfg: RunConfig, trials: int, storage: Path, *, minutes: float | None 
     With `keep_best`, each trial that beats every earlier one leaves its model in `kept_folder(storage)`."""
     import optuna
 
-    from .api import data_for
-    from .methods import METHODS
-    from .pipeline import fit
-    from .tasks import task_for
-    from .training.memory import PeakMemory
     if METHODS.get(cfg.method.name).default_learning_rate is None:
         raise TunelabError(f"method {cfg.method.name} trains nothing, so there is nothing to tune; its own search "
                            f"(templates, demonstrations) runs in `tunelab train`")
@@ -230,7 +184,6 @@ def _beats_every_earlier(study, value: float) -> bool:
 
 def _keep(adapted, number: int, seconds: float, memory, folder: Path) -> None:
     """Save a trial's model and training state, replacing the previous best's only once it is whole."""
-    from dataclasses import asdict
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     adapted.method.save(partial / "model")
@@ -282,7 +235,6 @@ def _open_study(cfg: RunConfig, storage: Path, direction: str, space: dict[str, 
 
 def _plain(value: Any) -> Any:
     """As stored in the study (JSON): tuples become lists."""
-    import json
     return json.loads(json.dumps(value))
 
 

@@ -2,7 +2,7 @@
 
 Each field is declared with `option(default, doc, check=...)`: the docstring serves the CLI
 help and the docs, and `check` validates the single field where it is defined. Cross-field
-rules live in `config.validate`. Problems are collected with their dotted key so a user fixes
+rules live in `settings.validate`. Problems are collected with their dotted key so a user fixes
 the whole YAML in one pass.
 """
 from __future__ import annotations

@@ -5,8 +5,9 @@ from collections import Counter
 
 import pytest
 
-from tunelab.config import load_config
+from tunelab.settings import load_config
 from tunelab.data import DATASETS, load_splits
+from tunelab.tasks import TASKS
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_bbc_news(bbc_news):
                                           ("bbc_news", ["business", "entertainment", "politics", "sports", "tech"])])
 def test_builtin_splits(name, labels):
     cfg = load_config({"model": "minilm", "data": {"source": name, "max_examples": 500}})
-    splits = load_splits(cfg.data, "class")
+    splits = load_splits(cfg.data, TASKS.get("classification"))
     assert splits.labels == labels
     assert splits.sizes() == {"train": 400, "validation": 50, "test": 50}
     for part in (splits.train, splits.validation, splits.test):

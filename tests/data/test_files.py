@@ -11,8 +11,9 @@ import yaml
 
 from tunelab import api
 from tunelab.cli import main
-from tunelab.config import load_config
+from tunelab.settings import load_config
 from tunelab.data import load_splits
+from tunelab.tasks import TASKS
 
 
 def rows(n: int, positive_every: int = 2) -> list[tuple[str, str]]:
@@ -194,7 +195,7 @@ def write(path: Path, data: list[tuple[str, str]]) -> Path:
 
 def splits_of(source: Path, **data):
     cfg = load_config({"model": "minilm", "data": {"source": str(source), **data}})
-    return load_splits(cfg.data, "class")
+    return load_splits(cfg.data, TASKS.get("classification"))
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".json", ".parquet"])

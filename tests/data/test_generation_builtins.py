@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from tunelab.config import load_config
+from tunelab.settings import load_config
 from tunelab.data import DATASETS, load_splits
 from tunelab.errors import ConfigError
+from tunelab.tasks import TASKS
 
 
 def test_chatterbot_pairs_follow_the_conversations():
@@ -30,7 +31,7 @@ def test_bible_pairs_are_verse_aligned():
 
 def _splits(source, **data):
     cfg = load_config({"task": "generation", "model": "smollm2-135m", "data": {"source": source, **data}})
-    return load_splits(cfg.data, "text")
+    return load_splits(cfg.data, TASKS.get("generation"))
 
 
 def test_bible_is_split_by_book_with_exact_sizes_and_the_seed():
@@ -50,9 +51,14 @@ def test_a_chatterbot_question_never_straddles_splits():
 
 
 def test_bible_language_pairs():
-    from tunelab.config import BIBLE_LANGUAGES
     from tunelab.data.builtin import BIBLES
-    assert set(BIBLE_LANGUAGES) == set(BIBLES)
+    from tunelab.errors import ConfigError
+    from tunelab.settings import load_config
+    # The dataset checks its own option, against its own list of translations (no copy of it elsewhere).
+    with pytest.raises(ConfigError, match=r"`data.languages` must be two different languages of "
+                                          + ", ".join(BIBLES) + r" joined by '-', e.g. en-fr, got 'fr-xx'"):
+        load_config({"task": "generation", "model": "smollm2-135m",
+                     "data": {"source": "bible_parallel", "languages": "fr-xx"}})
     splits = _splits("bible_parallel", languages="fr-de", max_examples=200)
     assert splits.train and splits.validation and splits.test
     genesis = next(e for e in DATASETS.get("bible_parallel").load(languages="fr-de")

@@ -12,10 +12,11 @@ import yaml
 
 from tunelab import api
 from tunelab.cli import main
-from tunelab.config import load_config
+from tunelab.settings import load_config
 from tunelab.data import DATASETS, load_splits, rows_to_examples
 from tunelab.data.files import read_rows
 from tunelab.errors import ConfigError, DataError
+from tunelab.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTEXT = "Halvorsen & Tay began in 1874 as a tea stall in Marrowgate. Its best blend was Harbour Grey."
@@ -44,7 +45,7 @@ def test_a_squad_file_gives_one_example_per_question(tmp_path):
     path = tmp_path / "qa.json"
     path.write_text(json.dumps(squad(1)))
     cfg = load_config(qa_config(path))
-    year, blend = rows_to_examples(read_rows(path), cfg.data, "span")
+    year, blend = rows_to_examples(read_rows(path), cfg.data, TASKS.get("extractive_qa"))
     assert (year.text, year.label, year.answers) == ("When did it begin?", "1874", [("1874", 36)])
     assert year.text_pair == blend.text_pair == "Article 0. " + CONTEXT
     assert blend.answers == [("Harbour Grey", 90), ("Grey", 98)] and blend.label == "Harbour Grey"
@@ -59,7 +60,7 @@ def test_flat_rows_in_the_hugging_face_layout_and_rows_without_answers(tmp_path)
                                 "answers": {"text": ["1874"], "answer_start": [start]}}) + "\n" +
                     json.dumps({"question": "Who?", "context": CONTEXT}) + "\n")
     cfg = load_config(qa_config(path))
-    with_answer, without = rows_to_examples(read_rows(path), cfg.data, "span", need_label=False)
+    with_answer, without = rows_to_examples(read_rows(path), cfg.data, TASKS.get("extractive_qa"), need_label=False)
     assert with_answer.answers == [("1874", start)] and with_answer.origin == f"{path} line 1"
     assert without.answers is None and without.label is None
 
@@ -74,14 +75,14 @@ def test_unanswerable_questions_of_squad_v2_files_and_rows(tmp_path):
     path = tmp_path / "qa.json"
     path.write_text(json.dumps(document))
     cfg = load_config(qa_config(path))
-    year, blend, owner = rows_to_examples(read_rows(path), cfg.data, "span")
+    year, blend, owner = rows_to_examples(read_rows(path), cfg.data, TASKS.get("extractive_qa"))
     assert year.answers == [("1874", 36)] and (owner.answers, owner.label) == ([], "")
     rows = tmp_path / "qa.jsonl"
     rows.write_text(json.dumps({"question": "Who?", "context": CONTEXT, "answers": {"text": [], "answer_start": []}})
                     + "\n")
-    (unanswerable,) = rows_to_examples(read_rows(rows), cfg.data, "span")
+    (unanswerable,) = rows_to_examples(read_rows(rows), cfg.data, TASKS.get("extractive_qa"))
     assert unanswerable.answers == [] and unanswerable.label == ""
-    (to_answer,) = rows_to_examples(read_rows(rows), cfg.data, "span", need_label=False)
+    (to_answer,) = rows_to_examples(read_rows(rows), cfg.data, TASKS.get("extractive_qa"), need_label=False)
     assert to_answer.answers is None
 
 
@@ -90,7 +91,7 @@ def test_rows_without_an_answers_column_are_an_error_not_unanswerable(tmp_path):
     path.write_text(json.dumps({"question": "When?", "context": CONTEXT, "answer": "1874"}) + "\n")
     cfg = load_config(qa_config(path))
     with pytest.raises(DataError) as info:
-        rows_to_examples(read_rows(path), cfg.data, "span")
+        rows_to_examples(read_rows(path), cfg.data, TASKS.get("extractive_qa"))
     assert str(info.value) == (f"{path} line 1: no 'answers' (keys: question, context, answer); add the answers, or "
                                f"name their column with data.columns.answers")
 
@@ -98,7 +99,7 @@ def test_rows_without_an_answers_column_are_an_error_not_unanswerable(tmp_path):
 def test_one_context_never_straddles_two_splits(tmp_path):
     path = tmp_path / "qa.json"
     path.write_text(json.dumps(squad(20)))
-    splits = load_splits(load_config(qa_config(path, split={"validation": 0.2, "test": 0.2})).data, "span")
+    splits = load_splits(load_config(qa_config(path, split={"validation": 0.2, "test": 0.2})).data, TASKS.get("extractive_qa"))
     assert splits.sizes() == {"train": 24, "validation": 8, "test": 8}
     contexts = [{e.group for e in part} for part in (splits.train, splits.validation, splits.test)]
     assert not contexts[0] & contexts[1] and not contexts[0] & contexts[2] and not contexts[1] & contexts[2]
@@ -190,7 +191,7 @@ def test_builtin_tunelab_qa_has_verified_spans_on_many_passages():
     assert sum(len(c.split()) > 200 for c in contexts) >= 3, "long passages make windows matter"
     origins = [e.origin for e in examples]
     assert len(set(origins)) == len(origins) and origins[0].startswith("tunelab_qa question id ")
-    splits = load_splits(load_config({"task": "extractive_qa", "data": {"source": "tunelab_qa"}}).data, "span")
+    splits = load_splits(load_config({"task": "extractive_qa", "data": {"source": "tunelab_qa"}}).data, TASKS.get("extractive_qa"))
     assert not {e.group for e in splits.train} & {e.group for e in splits.test}
 
 

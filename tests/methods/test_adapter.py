@@ -20,7 +20,7 @@ def test_adapted_model_equals_base_model_at_init(tiny_bert, tiny_llama):
     ids = torch.tensor([[101, 2204, 3185, 2001, 2307, 102]])
     for folder in (tiny_bert, tiny_llama):
         base, adapted = _pair(folder)
-        BottleneckAdapter(AdapterOptions()).prepare(adapted, head_modules(adapted, ["classifier", "score"])).eval()
+        BottleneckAdapter(AdapterOptions()).prepare(adapted, head_modules(adapted, ["classifier", "score"], ("classifier", "score", "pooler"))).eval()
         torch.testing.assert_close(adapted(input_ids=ids).logits, base(input_ids=ids).logits, atol=1e-6, rtol=0)
 
 
@@ -35,7 +35,7 @@ def test_houlsby_adds_two_adapters_per_layer_and_pfeiffer_one(tiny_bert, tiny_ll
 
 def test_only_adapters_and_head_are_trainable(tiny_bert):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
-    heads = head_modules(model, ["classifier"])
+    heads = head_modules(model, ["classifier"], ("classifier", "score", "pooler"))
     assert heads == ["bert.pooler", "classifier"]
     BottleneckAdapter(AdapterOptions(reduction_factor=4, non_linearity="gelu")).prepare(model, heads)
     for name, p in model.named_parameters():

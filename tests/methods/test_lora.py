@@ -5,7 +5,7 @@ from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
 from tunelab.api import train
-from tunelab.config import load_config
+from tunelab.settings import load_config
 
 
 def test_lora_adapter_folder_loads_with_peft_and_keeps_the_head(tiny_config):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tunelab.api import evaluate, train
-from tunelab.config import load_config
+from tunelab.settings import load_config
 from tunelab.data import load_splits
 from tunelab.methods import METHODS
 from tunelab.methods.base import snapshot
@@ -53,7 +53,7 @@ def _config(tiny_config, method, task, family, request, tiny_regression_csv):
 @pytest.mark.parametrize("method,task,family", CASES)
 def test_trains_only_what_it_should(method, task, family, tiny_config, request, tiny_regression_csv):
     cfg = _config(tiny_config, method, task, family, request, tiny_regression_csv)
-    splits = load_splits(cfg.data, TASKS.get(task).label_kind)
+    splits = load_splits(cfg.data, TASKS.get(task))
     adapted = prepare(cfg, splits, log=lambda _: None)
     if adapted.method.family == "prompt":  # nothing trains: the model only scores
         fit(cfg, splits, log=lambda _: None, adapted=adapted)
@@ -80,7 +80,7 @@ def test_save_load_gives_equal_predictions(method, task, family, tiny_config, re
     metrics = train(cfg, log=lambda _: None)
     folder = metrics["run_folder"]
     saved = [json.loads(line) for line in open(f"{folder}/predictions.jsonl")]
-    splits = load_splits(cfg.data, TASKS.get(task).label_kind)
+    splits = load_splits(cfg.data, TASKS.get(task))
     adapted = reload(cfg, __import__("pathlib").Path(folder), splits.labels)
     scores, _ = adapted.scores(splits.test)
     if task in ("generation", "extractive_qa"):

@@ -6,9 +6,10 @@ import json
 import pytest
 
 from tunelab.api import train
-from tunelab.config import load_config
+from tunelab.settings import load_config
 from tunelab.methods import prompt_decoder as decoder
 from tunelab.methods import prompt_encoder as encoder
+from tunelab.tasks import TASKS
 
 
 def _plain_zero_shot(search: list[dict], metric: str) -> float:
@@ -60,7 +61,7 @@ def test_shots_default_depends_on_the_family(tiny_config, tiny_bert, tiny_llama)
     from tunelab.pipeline import prepare
     for model, expected in ((tiny_bert, [0, 4, 16, 64]), (tiny_llama, [0, 1])):
         cfg = load_config(tiny_config("prompt", model))
-        adapted = prepare(cfg, load_splits(cfg.data, "class"), log=lambda _: None)
+        adapted = prepare(cfg, load_splits(cfg.data, TASKS.get("classification")), log=lambda _: None)
         assert adapted.method.options.shots == expected
 
 

@@ -11,12 +11,13 @@ import torch
 
 from tunelab import models
 from tunelab.api import train
-from tunelab.config import load_config
+from tunelab.settings import load_config
 from tunelab.data import Example, load_splits
 from tunelab.errors import ConfigError
 from tunelab.methods.prompt import Candidate, PromptOptions
 from tunelab.methods.prompt_decoder import CONTENT_FREE, LikelihoodScorer
 from tunelab.pipeline import reload
+from tunelab.tasks import TASKS
 
 CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>\n{% endfor %}"
                  "{% if add_generation_prompt %}<assistant>{% endif %}")
@@ -175,7 +176,7 @@ def test_train_then_reload_gives_identical_scores(options, tiny_config, chat_lla
     state = json.loads((folder / "model" / "prompt.json").read_text())
     assert state["chosen"]["shots"] == 1 and "{text}" in state["prompt_example"]
     loaded = load_config(cfg)
-    splits = load_splits(loaded.data, "class")
+    splits = load_splits(loaded.data, TASKS.get("classification"))
     adapted = reload(loaded, folder, splits.labels)
     scores, _ = adapted.scores(splits.test)
     expected = np.array([[row["scores"][label] for label in splits.labels] for row in saved])

@@ -8,7 +8,8 @@ import pytest
 
 from tunelab import models
 from tunelab.api import predict, train
-from tunelab.config import ExtractiveQAConfig, load_config
+from tunelab.config import ExtractiveQAConfig
+from tunelab.settings import load_config
 from tunelab.data import DATASETS, Example
 from tunelab.errors import DataError
 from tunelab.tasks import TASKS, task_for

@@ -9,12 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.cli import main
-from tunelab.config import GenerationConfig, load_config
+from tunelab.config import GenerationConfig
+from tunelab.settings import load_config
 from tunelab.data import Example, load_splits
 from tunelab.errors import DataError, TrainingError, TunelabError
 from tunelab.tasks.generation import IGNORE, GenerationTask, cut_at_stop, left_pad
 from tunelab.training.batches import Batches
 from tunelab.training.loop import predict_scores
+from tunelab.tasks import TASKS
 
 EXAMPLES = [Example("repeat red cat", "red cat"), Example("repeat a long list of many words please", "blue")]
 
@@ -154,19 +156,19 @@ def test_messages_and_source_target_files(tmp_path):
             for i in range(20)]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     cfg = load_config({"task": "generation", "model": "smollm2-135m", "data": {"source": str(path)}})
-    splits = load_splits(cfg.data, "text")
+    splits = load_splits(cfg.data, TASKS.get("generation"))
     e = splits.train[0]
     assert e.messages == [{"role": "user", "content": e.text}] and e.label == e.text.replace("hi", "hello")
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n" + json.dumps(rows[0]))
     with pytest.raises(DataError, match=r"bad.jsonl line 1: the last message must be the answer"):
         load_splits(load_config({"task": "generation", "model": "smollm2-135m", "data": {"source": str(bad)}}).data,
-                    "text")
+                    TASKS.get("generation"))
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("en,fr\n" + "\n".join(f"word {i},mot {i}" for i in range(20)))
     cfg = load_config({"task": "generation", "model": "smollm2-135m",
                        "data": {"source": str(pairs), "columns": {"source": "en", "target": "fr"}}})
-    e = load_splits(cfg.data, "text").test[0]
+    e = load_splits(cfg.data, TASKS.get("generation")).test[0]
     assert e.label == e.text.replace("word", "mot")
 
 
@@ -176,18 +178,18 @@ def test_a_file_of_source_target_columns_needs_no_column_mapping(tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("\n".join(json.dumps({"source": f"word {i}", "target": f"mot {i}"}) for i in range(20)))
     cfg = load_config({"task": "generation", "model": "smollm2-135m", "data": {"source": str(pairs)}})
-    e = load_splits(cfg.data, "text").train[0]
+    e = load_splits(cfg.data, TASKS.get("generation")).train[0]
     assert e.text.startswith("word") and e.label == e.text.replace("word", "mot")
     prompts_only = tmp_path / "in.jsonl"
     prompts_only.write_text(json.dumps({"source": "word 1"}) + "\n")
     from tunelab.data import rows_to_examples
     from tunelab.data.files import read_rows
-    assert [x.text for x in rows_to_examples(read_rows(prompts_only), cfg.data, "text", need_label=False)] == ["word 1"]
+    assert [x.text for x in rows_to_examples(read_rows(prompts_only), cfg.data, TASKS.get("generation"), need_label=False)] == ["word 1"]
     neither = tmp_path / "neither.jsonl"
     neither.write_text(json.dumps({"text": "word 1"}) + "\n")
     with pytest.raises(DataError, match=r"neither.jsonl: no column 'prompt' \(columns: text\); name it `prompt` "
                                         r"\(or `source`\), or set data.columns.prompt"):
-        rows_to_examples(read_rows(neither), cfg.data, "text", need_label=False)
+        rows_to_examples(read_rows(neither), cfg.data, TASKS.get("generation"), need_label=False)
 
 
 def test_train_eval_predict_from_the_cli(tiny_generation_config, tmp_path, capsys):

@@ -4,15 +4,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tunelab.config import load_config
+from tunelab.settings import load_config
 from tunelab.data import load_splits
 from tunelab.errors import TrainingError
 from tunelab.pipeline import fit, prepare
+from tunelab.tasks import TASKS
 
 
 def _fit(cfg_dict, overrides=()):
     cfg = load_config(cfg_dict, list(overrides))
-    splits = load_splits(cfg.data, "class")
+    splits = load_splits(cfg.data, TASKS.get("classification"))
     logs: list[str] = []
     adapted = fit(cfg, splits, log=logs.append)
     return adapted, logs
@@ -32,13 +33,13 @@ def test_early_stopping_fires_and_restores_the_best_weights(tiny_config):
     best = min(h["validation_loss"] for h in evals)
     assert state.best_value == pytest.approx(best)
     # The weights in the model are the best epoch's: re-evaluating gives the best validation loss.
-    splits = load_splits(adapted.cfg.data, "class")
+    splits = load_splits(adapted.cfg.data, TASKS.get("classification"))
     assert adapted.evaluate(splits.validation)["loss"] == pytest.approx(best, rel=1e-5)
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tiny_config):
     cfg = load_config(tiny_config("full"))
-    splits = load_splits(cfg.data, "class")
+    splits = load_splits(cfg.data, TASKS.get("classification"))
     adapted = prepare(cfg, splits, log=lambda _: None)
     with torch.no_grad():
         adapted.model.classifier.weight.fill_(float("nan"))
@@ -60,7 +61,7 @@ def test_reports_within_the_first_epoch_do_not_change_what_is_trained(tiny_confi
     """A search hears evaluations at thirds of the first epoch to prune early; the run must train exactly as
     without them (an evaluation draws no random numbers and leaves the model in training mode)."""
     cfg = load_config(tiny_config("lora"), ["train.epochs=2", "train.batch_size=4"])
-    splits = load_splits(cfg.data, "class")
+    splits = load_splits(cfg.data, TASKS.get("classification"))
     heard: list[tuple[float, float]] = []
     plain = fit(cfg, splits, log=lambda _: None)
     reported = fit(cfg, splits, log=lambda _: None, on_evaluation=lambda e, v: heard.append((e, v)),
@@ -138,7 +139,7 @@ def test_gradient_checkpointing_trains_the_same_weights(tiny_generation_config, 
     def trained(checkpointing: bool):
         cfg = load_config(tiny_generation_config(method), [f"train.gradient_checkpointing={str(checkpointing).lower()}",
                                                            "train.epochs=1"])
-        splits = load_splits(cfg.data, "text")
+        splits = load_splits(cfg.data, TASKS.get("generation"))
         adapted = fit(cfg, splits, log=lambda _: None)
         base = adapted.model.get_base_model() if hasattr(adapted.model, "get_base_model") else adapted.model
         assert base.is_activation_checkpointing == checkpointing

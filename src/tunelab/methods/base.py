@@ -30,9 +30,6 @@ from ..training.state import Training, TrainState
 from ..training.memory import enable_gradient_checkpointing
 from ..training.precision import device, resolve
 
-# Task heads of the Auto*ForSequenceClassification and Auto*ForQuestionAnswering classes. Named, not only found
-# among the newly initialised modules: a checkpoint saved with a head would not report it missing.
-HEAD_NAMES = ("classifier", "score", "pooler", "qa_outputs")
 TIMED_STEPS, WARMUP_STEPS = 24, 2  # `estimate`: training steps timed, after untimed ones that warm the caches
 
 
@@ -139,7 +136,7 @@ class TrainedMethod(Method):
     def setup(self, run: Run) -> None:
         self.run = run
         model = self._load_base()
-        self.head_modules = head_modules(model, self.newly_initialised)
+        self.head_modules = head_modules(model, self.newly_initialised, run.task.head_names)
         self.model = self.prepare(model, self.head_modules, run.task.peft_task_type).to(device())
         if run.cfg.train.gradient_checkpointing:
             enable_gradient_checkpointing(self.model, run.cfg.model)
@@ -225,15 +222,15 @@ class TrainedMethod(Method):
                 "kept_copy_mb": kept}
 
 
-def head_modules(model: nn.Module, newly_initialised: list[str]) -> list[str]:
-    """Modules every method trains: what the checkpoint did not provide, plus the task head.
+def head_modules(model: nn.Module, newly_initialised: list[str], head_names: tuple[str, ...]) -> list[str]:
+    """Modules every method trains: what the checkpoint did not provide, plus the task head (`Task.head_names`).
 
     A frozen random head (or pooler) caps a PEFT method at the majority class, so the head is
     always trained, whatever the method.
     """
     names = set(newly_initialised)
     for name, _ in model.named_modules():
-        if name.split(".")[-1] in HEAD_NAMES and not any(name.startswith(n + ".") for n in names):
+        if name.split(".")[-1] in head_names and not any(name.startswith(n + ".") for n in names):
             names.add(name)
     # Keep outermost modules only: training `classifier` covers `classifier.dense`.
     return sorted(n for n in names if not any(n.startswith(o + ".") for o in names if o != n))

@@ -38,8 +38,10 @@ from ..errors import ConfigError, TunelabError
 from ..training.precision import device, resolve
 from ..typed import non_negative, option, positive
 from .base import Method, Run, count_parameters
-from .prompt_candidate import Candidate
-from .prompt_encoder import DEFAULT_LABEL_TEMPLATES, DEFAULT_TEMPLATES, EmbeddingScorer  # noqa: F401 (estimate)
+from .prompt_search import CALIBRATION_INPUTS, Candidate
+from .prompt_decoder import LikelihoodScorer
+from .prompt_encoder import DEFAULT_LABEL_TEMPLATES, DEFAULT_TEMPLATES, EmbeddingScorer
+from .prompt_generation import GenerationPrompter
 from .registry import register
 
 
@@ -200,7 +202,7 @@ class LabelPrompter:
         self.scorer.embed(sample)
         per_text = (time.perf_counter() - start) / len(sample)
         n_labels = len(splits.labels)
-        texts = templates * (len(splits.validation) + min(256, len(splits.train))
+        texts = templates * (len(splits.validation) + min(CALIBRATION_INPUTS, len(splits.train))
                              + max(options.shots or [0]) * n_labels)
         texts += len(set(DEFAULT_LABEL_TEMPLATES + options.label_templates)) * n_labels * 3
         return texts * per_text
@@ -210,11 +212,9 @@ def scorer_for(family: str, model, tokenizer, options: PromptOptions, max_length
                precision: str = "fp32", task=None) -> Prompter:
     """The back-end of a model family and task (`model` is an `AutoModel` or `AutoModelForCausalLM`)."""
     if task is not None and task.label_kind == "text":
-        from .prompt_generation import GenerationPrompter
         return GenerationPrompter(model, tokenizer, task, options, max_length, batch_size, precision)
     if family == "encoder":
         return LabelPrompter(EmbeddingScorer(model, tokenizer, max_length, batch_size), task)
-    from .prompt_decoder import LikelihoodScorer
     return LabelPrompter(LikelihoodScorer(model, tokenizer, options, max_length, batch_size, precision), task)
 
 

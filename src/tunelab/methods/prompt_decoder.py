@@ -44,6 +44,7 @@ from ..data import Example
 from ..errors import ConfigError
 from ..training.precision import autocast
 from .prompt_demos import Demonstrations
+from .prompt_search import CALIBRATION_INPUTS
 
 # One generic built-in each: every template × label template × shot count is a pass over the search examples,
 # and a task's own wording ("Review: {text}", "Sentiment: {label}") does better than any generic one.
@@ -51,7 +52,6 @@ DEFAULT_TEMPLATES = ["{text}"]
 DEFAULT_LABEL_TEMPLATES = ["Answer: {label}"]
 DEFAULT_SHOTS = [0, 1]  # every demonstration lengthens every prompt; small decoders also gain little from many
 CONTENT_FREE = ["N/A", "", "[MASK]"]
-CALIBRATION_INPUTS = 256  # training inputs for `inputs` calibration: each is one more forward pass per candidate
 
 
 class LikelihoodScorer:

@@ -15,6 +15,9 @@ from typing import Callable
 
 import numpy as np
 
+from .. import models
+from .prompt_encoder import EmbeddingScorer
+
 Demo = tuple[str, str]  # (text, label)
 
 
@@ -79,9 +82,6 @@ class Demonstrations:
                 self._embedder = self._embed_self
             else:  # a sentence encoder: trained for similarity, and far cheaper than the decoder
                 from transformers import AutoModel
-
-                from .. import models
-                from .prompt_encoder import EmbeddingScorer
                 folder = Path(models.resolve(self.options.embedder))
                 encoder = models.load_model(AutoModel, folder)[0]
                 self._embedder = EmbeddingScorer(encoder, models.load_tokenizer(folder), self.max_length,

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from ..data import Example
+from .prompt_search import CALIBRATION_INPUTS
 
 DEFAULT_TEMPLATES = ["{text}", "Text: {text}", "{description} {text}", "Review: {text}"]
 DEFAULT_LABEL_TEMPLATES = ["{label}", "This is {label}.", "It is {label}.", "A {label} text."]
 DEFAULT_SHOTS = [0, 4, 16, 64]  # prototypes are one embedding per example, so many shots stay cheap
-CALIBRATION_INPUTS = 256
 
 
 class EmbeddingScorer:

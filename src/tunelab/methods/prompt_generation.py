@@ -21,7 +21,7 @@ from ..data import Example, Splits
 from ..tasks.generation import Generated, GenerationTask
 from ..tasks.text_metrics import perplexity
 from ..training.precision import device
-from .prompt_candidate import Candidate
+from .prompt_search import Candidate
 
 # Demonstrations in all (not per class: open answers have no classes). Each lengthens every prompt, and one
 # is what shows a small model the answer's form (a translation, not a comment on the text).

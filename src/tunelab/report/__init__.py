@@ -12,60 +12,14 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import TunelabError
-from . import plots, tuning
-from .tuning import Tuned
-
-TOP_PROMPTS = 10
-PROMPT_COLUMNS = {"template": "input template", "label_template": "label template", "shots": "shots per class",
-                  "weight": "prototype weight", "calibrate": "calibrated", "verbalizer": "label words",
-                  "calibration": "calibrated on"}
-GENERATION_PROMPT_COLUMNS = {**PROMPT_COLUMNS, "shots": "demonstrations"}  # open answers have no classes
-
-
-@dataclass
-class Image:
-    """A figure: `name` is its file stem under figures/, `title` its heading and alt text."""
-    name: str
-    title: str
-    png: bytes
-    caption: str = ""
-
-
-@dataclass
-class Bars:
-    """What the quality/cost charts' error bars show, for their legend and caption."""
-    split: str
-    legend: str
-    caption: str
-
-
-@dataclass
-class Report:
-    title: str
-    facts: list[tuple[str, str]]
-    recommended: str | None
-    recommendation: str
-    table: list[list[str]]
-    failed: dict[str, str]
-    charts: list[Image]
-    curves: Image | None
-    confusions: list[Image]
-    warnings: dict[str, list[str]]
-    prompt_search: dict[str, tuple[list[str], list[list[str]], int]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    tied: list[str] = field(default_factory=list)  # the methods the recommendation could not tell from the best
-    tuning: list[Tuned] = field(default_factory=list)
-    tuning_figure: Image | None = None
-
-    def images(self) -> list[Image]:
-        return (self.charts + ([self.curves] if self.curves else []) + self.confusions
-                + ([self.tuning_figure] if self.tuning_figure else []))
-
+from ..tasks import TASKS
+from . import html, markdown, plots, tuning
+from .content import GENERATION_PROMPT_COLUMNS, PROMPT_COLUMNS, TOP_PROMPTS, Bars, Image, Report  # noqa: F401
+from .table import table_rows
 
 def write_report(folder: str | Path) -> tuple[Path, Path]:
     """Write `report.html` and `report.md` (+ `figures/`) into a comparison folder; returns their paths.
@@ -73,7 +27,6 @@ def write_report(folder: str | Path) -> tuple[Path, Path]:
     Every file is written under a temporary name and renamed when complete, so an interrupted
     run leaves the previous report (or none), never half of one.
     """
-    from . import html, markdown
     folder = Path(folder)
     report = build(folder)
     scratch = Path(tempfile.mkdtemp(prefix=".report-", dir=folder))
@@ -97,8 +50,6 @@ def write_report(folder: str | Path) -> tuple[Path, Path]:
 
 def build(folder: Path) -> Report:
     """Everything the report shows, read from the comparison folder."""
-    from ..comparison import table_rows
-    from ..tasks import TASKS
     path = folder / "comparison.json"
     if not path.is_file():
         raise TunelabError(f"{path} not found; `tunelab report` needs a folder written by `tunelab compare`")

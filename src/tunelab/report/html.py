@@ -6,7 +6,7 @@ import base64
 import jinja2
 from markupsafe import Markup, escape
 
-from . import TOP_PROMPTS, Image, Report
+from .content import TOP_PROMPTS, Image, Report
 
 TEMPLATE = """<!DOCTYPE html>
 <html lang="en">

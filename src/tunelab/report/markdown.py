@@ -1,7 +1,7 @@
 """`report.md`: the same content as the HTML page, with the figures as PNG files linked relatively."""
 from __future__ import annotations
 
-from . import TOP_PROMPTS, Image, Report
+from .content import TOP_PROMPTS, Image, Report
 
 
 def render(report: Report, figures: str) -> str:

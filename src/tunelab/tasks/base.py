@@ -16,6 +16,9 @@ import torch
 from torch import nn
 
 from ..data import Example
+from ..errors import DataError
+from ..training.batches import Batches
+from ..training.loop import predict_scores
 
 
 def gold_in(rows: list[dict], key: str) -> bool:
@@ -25,7 +28,7 @@ def gold_in(rows: list[dict], key: str) -> bool:
 
 class Task:
     name: ClassVar[str]
-    label_kind: ClassVar[str]  # "class", "number" or "text": how data/load.py reads the target column
+    label_kind: ClassVar[str]  # "class", "number", "span" or "text": what an example's label holds
     required_columns: ClassVar[tuple[str, ...]] = ("text", "label")
     metric_names: ClassVar[tuple[str, ...]]
     default_metric: ClassVar[str]
@@ -33,6 +36,10 @@ class Task:
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
     percent_metrics: ClassVar[frozenset[str]] = frozenset()  # on a 0–100 scale (the others: 0–1, or errors)
     peft_task_type: ClassVar[str] = "SEQ_CLS"  # peft's name for the model kind this task trains
+    # The task head's modules in the Auto* model this task loads: every method trains them. Named, not only found
+    # among the newly initialised modules, since a checkpoint saved with a head would not report it missing.
+    head_names: ClassVar[tuple[str, ...]] = ("classifier", "score", "pooler")
+    stratified: ClassVar[bool] = False  # whether splits keep each label's share of the examples
     diagnostic_sample: ClassVar[int] = 1000  # train examples scored for the train/validation gap
 
     def configure(self, cfg) -> "Task":
@@ -50,6 +57,29 @@ class Task:
     def checks_data(self) -> bool:
         """Whether this task overrides `check_data` (only then is a tokenizer loaded for it)."""
         return type(self).check_data is not Task.check_data
+
+    # -- data: rows of a file → checked examples, and the label set --------------------------------------
+    def examples(self, rows: list[tuple[str, dict[str, Any]]], columns: dict[str, str],
+                 need_label: bool = True) -> list[Example]:
+        """A data file's rows (`origin`, row) → examples, every row checked: an error names the row and the fix.
+        Here: a text (and optional second text) and a label, read by `parse_label`."""
+        return labelled_texts(rows, columns, need_label, self.parse_label)
+
+    def parse_label(self, value: Any, origin: str, column: str) -> Any:
+        """A label cell as the task stores it, or a `DataError` naming the row."""
+        return value
+
+    def label_set(self, examples: list[Example], declared: list[Any] | None, where: str) -> list[str]:
+        """The labels a model scores, in order (classification); none for other tasks."""
+        return []
+
+    def check_splits(self, splits, source: str) -> None:
+        """Problems of the split data as a whole (a class missing from training), raised as `DataError`."""
+
+    def n_targets(self, batch: dict[str, torch.Tensor]) -> int:
+        """How many targets a batch's mean loss is over: its features here (span targets have no `labels`)."""
+        labels = batch.get("labels")
+        return len(batch["input_ids"]) if labels is None else len(labels)
 
     def auto_class(self):
         raise NotImplementedError
@@ -104,8 +134,6 @@ class Task:
     def outputs(self, model: nn.Module, tokenizer, examples: list[Example], labels: list[str], *, max_length: int,
                 batch_size: int, precision: str, device: torch.device, with_loss: bool) -> tuple[Any, float | None]:
         """What the model produces for `examples` (here: a score array) and the mean loss where asked."""
-        from ..training.batches import Batches
-        from ..training.loop import predict_scores
         batches = Batches(self, tokenizer, examples, labels, max_length, with_targets=with_loss)
         return predict_scores(model, batches, batch_size, precision, device)
 
@@ -118,3 +146,40 @@ class Task:
             if labels:
                 out["scores"] = {label: round(float(s), 6) for label, s in zip(labels, row)}
             yield out
+
+
+def labelled_texts(rows: list[tuple[str, dict[str, Any]]], columns: dict[str, str], need_label: bool,
+                   parse_label: Callable[[Any, str, str], Any]) -> list[Example]:
+    """Rows of a text (`text`, and `text_pair` where configured) and a label → examples; the column names come
+    from `data.columns`."""
+    text_col = columns.get("text", "text")
+    label_col = columns.get("label", "label")
+    pair_col = columns.get("text_pair")
+    origin0, first = rows[0]
+    file = origin0.rsplit(" ", 2)[0]
+    needed = [("text", text_col)] + ([("label", label_col)] if need_label else []) + \
+        ([("text_pair", pair_col)] if pair_col else [])
+    for role, col in needed:
+        if col not in first:
+            raise DataError(f"{file}: no column {col!r} (columns: {', '.join(map(str, first))}); "
+                            f"name it `{col}`, or set data.columns.{role} to the column that holds the {role}")
+    out = []
+    for origin, row in rows:
+        text = row.get(text_col)
+        if text is None or not str(text).strip():
+            raise DataError(f"{origin}: empty text in column {text_col!r}; fill it in or remove the row")
+        pair = None
+        if pair_col:
+            pair = row.get(pair_col)
+            if pair is None or not str(pair).strip():
+                raise DataError(f"{origin}: empty text in column {pair_col!r}; fill it in or remove the row")
+            pair = str(pair)
+        label = row.get(label_col) if label_col in row else None
+        if label is None or (isinstance(label, str) and not label.strip()):
+            if need_label:
+                raise DataError(f"{origin}: missing label in column {label_col!r}; add it or remove the row")
+            label = None
+        else:
+            label = parse_label(label, origin, label_col)
+        out.append(Example(str(text), label, pair, origin))
+    return out

@@ -9,15 +9,48 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from ..data import Example
+from ..errors import DataError
 from .base import Task, gold_in
+from .registry import register
 
 
+@register
 class ClassificationTask(Task):
     name = "classification"
     label_kind = "class"
+    stratified = True
     metric_names = ("f1", "accuracy", "precision", "recall", "loss")
     default_metric = "f1"
     shown_metrics = ("f1", "accuracy")
+
+    def parse_label(self, value: Any, origin: str, column: str) -> str:
+        # JSON gives 1, CSV gives "1": both mean the same label.
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return str(value).strip()
+
+    def label_set(self, examples: list[Example], declared: list[Any] | None, where: str) -> list[str]:
+        found = sorted({e.label for e in examples})
+        if declared is None:
+            if len(found) < 2:
+                raise DataError(f"{where}: every example has the label {found[0]!r}; classification needs at "
+                                f"least two classes")
+            return found
+        declared = [str(x) for x in declared]
+        for e in examples:
+            if e.label not in declared:
+                raise DataError(f"{e.origin}: label {e.label!r} is not one of: {', '.join(declared)}; fix the "
+                                f"label or add it to data.labels")
+        return declared
+
+    def check_splits(self, splits, source: str) -> None:
+        if len({e.label for e in splits.train}) < 2:
+            raise DataError(f"{source}: the train split holds a single class; add examples of the others")
+        for part in (splits.validation, splits.test):
+            for e in part:
+                if e.label not in splits.labels:
+                    raise DataError(f"{e.origin}: label {e.label!r} is not one of the training labels: "
+                                    f"{', '.join(splits.labels)}; fix it or declare data.labels")
 
     def auto_class(self):
         from transformers import AutoModelForSequenceClassification

@@ -29,9 +29,13 @@ from torch import nn
 
 from ..config import ExtractiveQAConfig
 from ..data import Example
+from ..data.squad import squad_examples
 from ..errors import DataError, TunelabError
+from ..training.batches import Batches
+from ..training.loop import predict_scores
 from ..uncertainty import mean_of
 from .base import Task, gold_in
+from .registry import register
 from .text_metrics import exact_match, token_f1
 
 MODEL_KEYS = ("input_ids", "token_type_ids", "attention_mask")
@@ -49,6 +53,7 @@ class Answers:
         return len(self.texts)
 
 
+@register
 class ExtractiveQATask(Task):
     name = "extractive_qa"
     label_kind = "span"
@@ -57,6 +62,12 @@ class ExtractiveQATask(Task):
     default_metric = "f1"
     shown_metrics = ("f1", "exact_match")  # beside the chosen metric in a comparison table
     peft_task_type = "QUESTION_ANS"
+    head_names = ("qa_outputs",)
+
+    def examples(self, rows: list[tuple[str, dict[str, Any]]], columns: dict[str, str],
+                 need_label: bool = True) -> list[Example]:
+        """SQuAD articles or flat question/context/answers rows (`data/squad.py` reads the format)."""
+        return squad_examples(rows, columns, need_label)
 
     def __init__(self, options: ExtractiveQAConfig | None = None):
         self.options = options or ExtractiveQAConfig()
@@ -143,8 +154,6 @@ class ExtractiveQATask(Task):
     # -- outputs, predictions, metrics -----------------------------------------------------------
     def outputs(self, model: nn.Module, tokenizer, examples: list[Example], labels: list[str], *, max_length: int,
                 batch_size: int, precision: str, device: torch.device, with_loss: bool) -> tuple[Answers, float | None]:
-        from ..training.batches import Batches
-        from ..training.loop import predict_scores
         batches = Batches(self, tokenizer, examples, labels, max_length, with_targets=with_loss)
         logits, loss = predict_scores(model, batches, batch_size, precision, device)
         return self.answers(examples, batches.features, logits), (loss if with_loss else None)

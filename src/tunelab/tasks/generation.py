@@ -22,8 +22,13 @@ from torch import nn
 from ..config import GenerationConfig
 from ..data import Example
 from ..errors import TrainingError, TunelabError
+from ..training.batches import Batches
+from ..training.loop import predict_scores
+from ..training.precision import autocast
 from ..uncertainty import mean_of
 from .base import Task, gold_in
+from .generation_rows import generation_examples
+from .registry import register
 from .text_metrics import exact_match, perplexity, text_metrics, token_f1
 
 IGNORE = -100  # the label torch's cross-entropy (and so every HF causal-LM loss) skips
@@ -39,6 +44,7 @@ class Generated:
         return len(self.texts)
 
 
+@register
 class GenerationTask(Task):
     name = "generation"
     label_kind = "text"
@@ -50,7 +56,16 @@ class GenerationTask(Task):
     lower_is_better = frozenset({"loss", "perplexity"})
     percent_metrics = frozenset({"chrf", "bleu"})
     peft_task_type = "CAUSAL_LM"
+    head_names = ()  # the language-model head is the pretrained one
     diagnostic_sample = 64  # generating is ~max_new_tokens forward passes per example
+
+    def examples(self, rows: list[tuple[str, dict[str, Any]]], columns: dict[str, str],
+                 need_label: bool = True) -> list[Example]:
+        return generation_examples(rows, columns, need_label)
+
+    def n_targets(self, batch: dict[str, torch.Tensor]) -> int:
+        # Token labels: a causal LM predicts token t+1 from position t, so the first label is never a target.
+        return int((batch["labels"][:, 1:] != IGNORE).sum())
 
     def __init__(self, options: GenerationConfig | None = None, seed: int = 0,
                  demonstrations: list[Example] | None = None):
@@ -180,8 +195,6 @@ class GenerationTask(Task):
     def answer_loss(self, model: nn.Module, tokenizer, examples: list[Example], max_length: int, batch_size: int,
                     precision: str, device: torch.device) -> float:
         """Mean cross-entropy of the reference answers' tokens after their prompts (exp of it: perplexity)."""
-        from ..training.batches import Batches
-        from ..training.loop import predict_scores
         _, loss = predict_scores(model, Batches(self, tokenizer, examples, [], max_length), batch_size,
                                  precision, device, keep_outputs=False)
         return loss
@@ -192,7 +205,6 @@ class GenerationTask(Task):
         """Answers in example order: batches padded on the left, decoded after the prompt, cut at stop strings."""
         from transformers import GenerationConfig as HFGenerationConfig
 
-        from ..training.precision import autocast
         o = self.options
         pad, end = tokenizer.pad_token_id, end_token_id(tokenizer)
         sampling = {"temperature": o.temperature, "top_p": o.top_p} if o.do_sample else {}

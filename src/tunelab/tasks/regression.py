@@ -1,6 +1,7 @@
 """Regression: one float target per text, trained with mean squared error."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -9,9 +10,12 @@ import torch
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 from ..data import Example
+from ..errors import DataError
 from .base import Task, gold_in
+from .registry import register
 
 
+@register
 class RegressionTask(Task):
     name = "regression"
     label_kind = "number"
@@ -19,6 +23,16 @@ class RegressionTask(Task):
     default_metric = "mse"
     shown_metrics = ("mse", "r2")
     lower_is_better = frozenset({"loss", "mse", "mae"})
+
+    def parse_label(self, value: Any, origin: str, column: str) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise DataError(f"{origin}: label {value!r} in column {column!r} is not a number; regression needs "
+                            f"numeric targets") from None
+        if not math.isfinite(number):
+            raise DataError(f"{origin}: label {value!r} is not a finite number")
+        return number
 
     def auto_class(self):
         from transformers import AutoModelForSequenceClassification

@@ -15,13 +15,13 @@ import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from ..config import differences, load_config
+from ..config import differences
 from ..errors import TunelabError
 from .state import Training, TrainState
 
@@ -34,11 +34,16 @@ def checkpoint_folder(run_folder: Path) -> Path:
 
 
 class Checkpoint:
-    """The checkpoint of the run that will be written to `run_folder`, trained with `config` (a resolved dict)."""
+    """The checkpoint of the run that will be written to `run_folder`, trained with `config` (a resolved dict).
 
-    def __init__(self, run_folder: Path, config: dict[str, Any], every: int):
+    `resolve` turns a saved config into the resolved form of this version of tunelab (options added since it was
+    written, at their defaults: `settings.load_config`), so that only real changes stop a resume."""
+
+    def __init__(self, run_folder: Path, config: dict[str, Any], every: int,
+                 resolve: Callable[[dict[str, Any]], dict[str, Any]] | None = None):
         self.folder = checkpoint_folder(run_folder)
         self.config = config
+        self.resolve = resolve
         self.every = every  # steps between mid-epoch checkpoints; 0: none at all
         self.best_step: int | None = None  # the step whose best weights the saved checkpoint holds
         old = self.folder.with_name(self.folder.name + ".old")
@@ -60,10 +65,11 @@ class Checkpoint:
             raise TunelabError(f"nothing to resume: {self.folder} holds no checkpoint (a run writes one every "
                                f"train.checkpoint_every steps and at each epoch's end); drop --resume to start")
         saved = yaml.safe_load((self.folder / CONFIG).read_text())
-        try:
-            saved = load_config(saved).to_dict()  # options added since it was written, at their defaults
-        except TunelabError:
-            pass
+        if self.resolve:
+            try:
+                saved = self.resolve(saved)
+            except TunelabError:
+                pass
         changed = differences(saved, self.config)
         if changed:
             raise TunelabError(f"cannot resume {self.folder}: it was trained with another config "

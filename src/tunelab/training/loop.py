@@ -41,7 +41,7 @@ def predict_scores(model: nn.Module, batches: Batches, batch_size: int, precisio
         if keep_outputs:
             outputs.append(batches.task.logits(out).float().cpu())
         if getattr(out, "loss", None) is not None:  # the model was given targets
-            n = _n_targets(batch)
+            n = batches.task.n_targets(batch)
             losses.append(float(out.loss) * n)
             counts.append(n)
     loss = sum(losses) / sum(counts) if counts else None
@@ -55,16 +55,6 @@ def _concat(chunks: list[torch.Tensor]) -> np.ndarray:
         width = max(c.shape[1] for c in chunks)
         chunks = [torch.nn.functional.pad(c, (0, 0) * (c.ndim - 2) + (0, width - c.shape[1])) for c in chunks]
     return torch.cat(chunks).numpy()
-
-
-def _n_targets(batch: dict[str, torch.Tensor]) -> int:
-    labels = batch.get("labels")
-    if labels is None:  # span targets (start and end positions): one per feature
-        return len(batch["input_ids"])
-    if labels.ndim == 1:
-        return len(labels)
-    # Token labels: a causal LM predicts token t+1 from position t, so the first label is never a target.
-    return int((labels[:, 1:] != -100).sum())
 
 
 def train(training: Training, batches: Batches, evaluate: Callable[[], dict[str, float]], metric: str,

@@ -1,8 +1,13 @@
-"""One candidate prompt of the prompt search: what `PromptEngineering.choose` scores and keeps."""
+"""What every prompt back-end shares: a candidate prompt of the search (what `PromptEngineering.choose` scores
+and keeps), and how many training inputs calibration draws."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
+
+# Unlabelled training inputs drawn to measure a candidate's bias (`inputs` calibration): each one is one more
+# forward pass per calibrated candidate.
+CALIBRATION_INPUTS = 256
 
 
 @dataclass(frozen=True)
