@@ -214,7 +214,7 @@ def _methods(args) -> None:
     from .methods import METHODS
     from .typed import docs
     for name, m in METHODS.items():
-        print(f"{name:8} [{m.family}] {m.description}; tasks: {', '.join(m.tasks)}")
+        print(f"{name:8} [{m.family}] {m.description}; tasks: {', '.join(m.task_names())}")
         for f in dataclasses.fields(m.Options):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             print(f"    method.{f.name} = {default!r}: {docs(m.Options)[f.name]}")

@@ -24,7 +24,7 @@ def base_dict(config, overrides) -> dict[str, Any]:
 
 def default_methods(cfg: RunConfig) -> list[str]:
     """Every registered method that fits the task (prompt scores with encoders and decoders alike)."""
-    return [name for name, method in METHODS.items() if cfg.task in method.tasks]
+    return [name for name, method in METHODS.items() if method.supports(cfg.task)]
 
 
 def method_config(base: dict[str, Any], name: str, folder: Path) -> dict[str, Any]:

@@ -80,9 +80,9 @@ def validate(cfg: RunConfig) -> list[str]:
     else:
         task = TASKS.get(cfg.task)
         method = METHODS.get(cfg.method.name)
-        if cfg.task not in method.tasks:
+        if not method.supports(cfg.task):
             problems.append(f"method {cfg.method.name!r} does not support task {cfg.task!r}; methods for it: "
-                            f"{', '.join(n for n, m in METHODS.items() if cfg.task in m.tasks)}")
+                            f"{', '.join(n for n, m in METHODS.items() if m.supports(cfg.task))}")
         metric = cfg.train.early_stopping.metric
         if metric is not None and metric not in task.metric_names:
             problems.append(f"`train.early_stopping.metric` {metric!r} is not a {cfg.task} metric; choose one of: "
@@ -98,6 +98,7 @@ def validate(cfg: RunConfig) -> list[str]:
                             f"{cfg.data.source!r}; remove it")
         elif cfg.data.source in DATASETS:  # the dataset checks its own options (bible_parallel: the languages)
             problems += DATASETS.get(cfg.data.source).problems(cfg.data)
+        problems += task.config_problems(cfg)  # the task's own rules
         missing_roles = [r for r in task.required_columns if r not in cfg.data.columns]
         if missing_roles and cfg.data.source not in DATASETS:
             problems.append(f"`data.columns` must name the {', '.join(missing_roles)} column(s) for {cfg.task}")
@@ -125,16 +126,10 @@ def validate(cfg: RunConfig) -> list[str]:
         path = getattr(cfg.data, key)
         if path is not None and not Path(path).is_file():
             problems.append(f"`data.{key}`: file {path!r} not found")
-    if cfg.task == "extractive_qa" and cfg.extractive_qa.doc_stride >= cfg.data.max_length:
-        problems.append(f"`extractive_qa.doc_stride` {cfg.extractive_qa.doc_stride} must be smaller than "
-                        f"`data.max_length` {cfg.data.max_length} (windows share that many context tokens); "
-                        f"lower it, e.g. to a quarter of data.max_length")
     split = cfg.data.split
     cut = (split.validation if cfg.data.validation_file is None else 0) + (split.test if cfg.data.test_file is None else 0)
     if cut >= 0.9:
         problems.append(f"`data.split` holds out {cut:.0%} of the examples; keep validation + test below 90%")
-    if cfg.data.labels is not None and len(set(cfg.data.labels)) < 2 and cfg.task == "classification":
-        problems.append("`data.labels` must list at least two labels")
     return problems
 
 

@@ -32,7 +32,7 @@ CASES = [(m, t, f) for m, tasks in MATRIX.items() for t in tasks for f in ("bert
 def test_every_registered_method_is_in_the_matrix():
     assert set(MATRIX) == set(METHODS.names())
     for name, tasks in MATRIX.items():
-        assert set(tasks) == set(METHODS.get(name).tasks), name
+        assert set(tasks) == set(METHODS.get(name).task_names()), name
 
 
 def _config(tiny_config, method, task, family, request, tiny_regression_csv):

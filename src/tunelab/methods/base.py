@@ -22,7 +22,7 @@ from torch import nn
 from .. import models
 from ..config import RunConfig
 from ..data import Example, Splits
-from ..tasks import Task
+from ..tasks import TASKS, Task
 from ..training.batches import Batches, timing_batches
 from ..training.checkpoint import Checkpoint
 from ..training.loop import train
@@ -56,7 +56,7 @@ class Run:
 class Method:
     name: ClassVar[str]
     Options: ClassVar[type] = NoOptions
-    tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
+    tasks: ClassVar[tuple[str, ...] | None] = ("classification", "regression")  # None: every registered task
     family: ClassVar[str] = "peft"  # "prompt", "peft" or "full": the three families of the report
     description: ClassVar[str] = ""
     # What `tunelab tune` searches besides the learning rate, in the `tune.space` format: {option: {choices: [...]}}
@@ -64,6 +64,15 @@ class Method:
     default_learning_rate: ClassVar[float | None] = None
     search_space: ClassVar[dict[str, dict[str, Any]]] = {}
     seeded: ClassVar[bool] = True  # whether `train.seed` changes the result (`compare --seeds` runs it again)
+
+    @classmethod
+    def task_names(cls) -> list[str]:
+        """The tasks this method can adapt a model to."""
+        return TASKS.names() if cls.tasks is None else list(cls.tasks)
+
+    @classmethod
+    def supports(cls, task: str) -> bool:
+        return task in cls.task_names()
 
     def __init__(self, options: Any = None):
         self.options = options if options is not None else self.Options()
@@ -112,7 +121,7 @@ class Method:
 class TrainedMethod(Method):
     """A method that trains weights with the one training loop; subclasses say how the model is prepared (which
     weights train, what is added), saved and loaded."""
-    tasks: ClassVar[tuple[str, ...]] = ("classification", "regression", "extractive_qa", "generation")
+    tasks = None  # the loop trains whatever model a task loads, with the loss the model computes
     default_learning_rate: ClassVar[float] = 5e-4
 
     # -- what a subclass defines -----------------------------------------------------------

@@ -49,6 +49,10 @@ class Task:
     def bind(self, model: nn.Module) -> None:
         """Note what the task may ask of the model it will run on (called once the model is loaded)."""
 
+    def config_problems(self, cfg) -> list[str]:
+        """This task's rules on a whole `RunConfig` (its options against `data.max_length`, say)."""
+        return []
+
     def check_data(self, tokenizer, splits, max_length: int) -> None:
         """Data problems only the task's options or its tokenizer show, raised as `DataError` before the model
         loads (a QA question too long for its window, or unanswerable where that is not allowed)."""

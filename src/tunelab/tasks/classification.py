@@ -23,6 +23,11 @@ class ClassificationTask(Task):
     default_metric = "f1"
     shown_metrics = ("f1", "accuracy")
 
+    def config_problems(self, cfg) -> list[str]:
+        if cfg.data.labels is not None and len(set(cfg.data.labels)) < 2:
+            return ["`data.labels` must list at least two labels"]
+        return []
+
     def parse_label(self, value: Any, origin: str, column: str) -> str:
         # JSON gives 1, CSV gives "1": both mean the same label.
         if isinstance(value, float) and value.is_integer():

@@ -64,6 +64,13 @@ class ExtractiveQATask(Task):
     peft_task_type = "QUESTION_ANS"
     head_names = ("qa_outputs",)
 
+    def config_problems(self, cfg) -> list[str]:
+        if cfg.extractive_qa.doc_stride >= cfg.data.max_length:
+            return [f"`extractive_qa.doc_stride` {cfg.extractive_qa.doc_stride} must be smaller than `data.max_length` "
+                    f"{cfg.data.max_length} (windows share that many context tokens); lower it, e.g. to a quarter of "
+                    f"data.max_length"]
+        return []
+
     def examples(self, rows: list[tuple[str, dict[str, Any]]], columns: dict[str, str],
                  need_label: bool = True) -> list[Example]:
         """SQuAD articles or flat question/context/answers rows (`data/squad.py` reads the format)."""
