@@ -182,7 +182,8 @@ class TrainedMethod(Method):
 
         def evaluate() -> dict[str, Any]:
             outputs, loss = self.outputs(splits.validation, with_loss=True)
-            return {**task.metrics(outputs, splits.validation, splits.labels), **({} if loss is None else {"loss": loss})}
+            metrics = task.metrics(outputs, splits.validation, splits.labels)
+            return metrics if loss is None else {**metrics, "loss": loss}
 
         training = Training.start(self.model, cfg.train, cfg.train.learning_rate or self.default_learning_rate,
                                   batches.n_batches(cfg.train.batch_size), self.precision, device())
