@@ -134,7 +134,7 @@ def validate(cfg: RunConfig) -> list[str]:
 
 
 def space_problems(cfg: RunConfig) -> list[str]:
-    """Every problem of `tune.space`, for `config.validate`."""
+    """Every problem of `tune.space`, for `validate`."""
     problems = []
     for method, space in cfg.tune.space.items():
         key = f"`tune.space.{method}`"
