@@ -1,5 +1,8 @@
 """tunelab: adapt a pretrained language model to your task with prompt engineering, parameter-efficient
-fine-tuning or full fine-tuning — and measure which one to use."""
+fine-tuning or full fine-tuning — and measure which one to use.
+
+The API's front door: each function imports its module when called, on purpose, so that `import tunelab` (and
+`tunelab.version` for a run's metadata) loads no torch."""
 from .version import __version__  # noqa: F401
 
 

@@ -1,4 +1,8 @@
-"""The `tunelab` command. User mistakes end with one line on stderr and exit status 2."""
+"""The `tunelab` command. User mistakes end with one line on stderr and exit status 2.
+
+Each command imports what it runs inside its own function, on purpose: `tunelab --help`, `tunelab config` and a
+mistyped command answer without loading torch and transformers (seconds). The layers contract in pyproject.toml
+still sees those imports, and no cycle hides behind them."""
 from __future__ import annotations
 
 import argparse
