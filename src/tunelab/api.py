@@ -74,9 +74,10 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | N
 
 def _write_run(cfg: RunConfig, task, splits: Splits, adapted, fit_seconds: float, peak_rss_mb: float,
                device_peak_mb: float | None, writer: RunWriter, log: Callable[[str], None],
-               parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+               parameters: dict[str, Any] | None = None, from_trial: int | None = None) -> dict[str, Any]:
     """Evaluate a fitted method on validation and test and write its run folder's files; returns the metrics.
-    `parameters` are the trained and total weights where the model no longer shows them (a reloaded one)."""
+    `parameters` are the trained and total weights where the model no longer shows them (a reloaded one);
+    `from_trial` is the search trial whose model this is."""
     state = adapted.state
     validation, validation_scores = adapted.evaluate_with_outputs(splits.validation)
     predict_start = time.time()
@@ -103,6 +104,8 @@ def _write_run(cfg: RunConfig, task, splits: Splits, adapted, fit_seconds: float
         "splits": splits.sizes(), "labels": splits.labels,
         "precision": adapted.precision, "device": device().type, "versions": versions(),
     }
+    if from_trial is not None:
+        metrics["from_trial"] = from_trial
     adapted.method.save(writer.path("model"))
     adapted.tokenizer.save_pretrained(writer.path("model"))
     writer.yaml("config.yaml", cfg.to_dict())
@@ -159,9 +162,7 @@ def _run_of_kept_trial(cfg: RunConfig, storage: Path, number: int, overwrite: bo
         adapted.state = TrainState(**kept["state"])
         adapted.method.head_modules = kept["trained_head_modules"]
         metrics = _write_run(cfg, task, splits, adapted, kept["fit_seconds"], kept["peak_rss_mb"],
-                             kept["device_peak_mb"], writer, log, parameters=kept["parameters"])
-        metrics["from_trial"] = number
-        writer.json("metrics.json", metrics)
+                             kept["device_peak_mb"], writer, log, parameters=kept["parameters"], from_trial=number)
         run_folder = writer.commit()
     except BaseException:
         writer.discard()
