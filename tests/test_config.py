@@ -258,3 +258,57 @@ def test_early_stopping_metric_for_regression():
 @pytest.mark.parametrize("metric", ["f1", "accuracy", "loss"])
 def test_early_stopping_metric_of_the_task_is_accepted(metric):
     assert load_config({"train": {"early_stopping": {"metric": metric}}}).train.early_stopping.metric == metric
+
+
+# --- task blocks: each task with options contributes its own top-level block ---------------------------------
+
+def test_task_blocks_are_valid_top_level_keys_and_checked_by_their_task():
+    assert "extractive_qa, generation" in the_problem({"trian": {}})  # listed among the valid keys
+    problem = the_problem({"generation": {"max_new_tokns": 3}})
+    assert problem.startswith("unknown key `generation.max_new_tokns`; valid keys: template, chat_template")
+    assert the_problem({"extractive_qa": {"doc_stride": 0}}) == "`extractive_qa.doc_stride` must be positive, got 0"
+    assert the_problem({"generation": 5}).startswith("`generation` must be a mapping of its options")
+
+
+def test_task_blocks_round_trip_in_place_after_train():
+    cfg = load_config({"task": "generation", "data": {"source": "bible_parallel"}, "model": "smollm2-135m",
+                       "generation": {"max_new_tokens": 7, "stop": ["\n"]}})
+    assert cfg.task_options["generation"].max_new_tokens == 7
+    assert cfg.task_options["extractive_qa"].doc_stride == 32  # every task's block, defaults where not given
+    saved = cfg.to_dict()
+    keys = list(saved)
+    assert keys[keys.index("train") + 1: keys.index("train") + 3] == ["extractive_qa", "generation"]
+    assert "task_options" not in saved
+    assert load_config(saved).to_dict() == saved
+
+
+def test_a_new_task_with_options_needs_no_change_outside_its_own_file(monkeypatch, capsys):
+    """What `README.md` promises: a task's options are its own dataclass; the config reads, checks, saves and
+    documents its block without config.py or settings.py naming it."""
+    from dataclasses import dataclass
+
+    from tunelab.tasks import TASKS, task_for
+    from tunelab.tasks.classification import ClassificationTask
+    from tunelab.typed import option, positive
+
+    @dataclass
+    class ShoutOptions:
+        volume: int = option(3, "How loud.", positive)
+
+    class ShoutTask(ClassificationTask):
+        name = "shout"
+        Options = ShoutOptions
+        options_doc = "Options of the `shout` task."
+
+        def configure(self, cfg):
+            task = ShoutTask()
+            task.volume = self.options_in(cfg).volume
+            return task
+
+    monkeypatch.setitem(TASKS._items, "shout", ShoutTask())
+    cfg = load_config({"task": "shout", "shout": {"volume": 11}})
+    assert task_for(cfg).volume == 11
+    assert load_config(cfg.to_dict()).task_options["shout"].volume == 11
+    assert the_problem({"task": "shout", "shout": {"volume": -1}}) == "`shout.volume` must be positive, got -1"
+    assert main(["config"]) == 0
+    assert "shout.volume = 3: How loud." in capsys.readouterr().out

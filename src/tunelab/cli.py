@@ -229,15 +229,22 @@ def _config(args) -> None:
 
     from .config import RunConfig
     from .settings import load_config
+    from .tasks import TASKS
     if args.config:
         print(yaml.safe_dump(load_config(args.config, args.overrides).to_dict(), sort_keys=False))
         return
     _print_fields(RunConfig, "")
+    for name, task in TASKS.items():  # each task with options contributes its own block
+        if task.Options is not None:
+            print(f"{name}: {task.options_doc}")
+            _print_fields(task.Options, f"{name}.")
 
 
 def _print_fields(cls, prefix: str) -> None:
     from .typed import docs
     for f in dataclasses.fields(cls):
+        if not f.init:  # filled from other blocks (the tasks' options)
+            continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if f.name == "method":
             print(f"{prefix}method.name = 'lora': {docs(cls)[f.name]} Options: `tunelab methods`.")

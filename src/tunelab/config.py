@@ -9,7 +9,7 @@ name) is collected into one `ConfigError`, so a user fixes the file in one pass.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -90,59 +90,6 @@ class TrainConfig:
                                    "0: no checkpoints.", non_negative)
 
 
-def _has_source(v: str) -> str | None:
-    return None if "{source}" in v else "must contain {source}, where the example's prompt goes"
-
-
-def _top_p(v: float) -> str | None:
-    return None if 0 < v <= 1 else "must be above 0 and at most 1"
-
-
-@dataclass
-class GenerationConfig:
-    """Options of the `generation` task: how prompts are written, truncated, and answered."""
-    template: str = option("{source}", "How a prompt (the `prompt` or `source` column) is written for the model; "
-                           "`{source}` marks where the text goes, e.g. \"Translate English to French:\\n{source}\\n\". "
-                           "Not used for `messages` data, whose turns are given as they are.", _has_source)
-    chat_template: Literal["auto", "on", "off"] = option("auto", "Render the prompt through the tokenizer's chat "
-                                                         "template: `auto` where it has one, `on` (an error without "
-                                                         "one), `off`: plain text ending in a newline. The prompt "
-                                                         "method follows its own `chat_template` option instead.")
-    truncation_side: Literal["left", "right"] = option("left", "Which end of prompt + answer is cut when it is longer "
-                                                       "than data.max_length. `left` drops the prompt's start and "
-                                                       "keeps the answer; `right` drops the answer's end. Prompts "
-                                                       "for generation always keep their last tokens.")
-    max_new_tokens: int = option(64, "Longest generated answer, in tokens.", positive)
-    num_beams: int = option(1, "Beam-search width; 1 is greedy (or sampling with do_sample).", positive)
-    do_sample: bool = option(False, "Sample tokens instead of choosing the most likely (seeded by train.seed).")
-    temperature: float = option(1.0, "Sampling temperature (with do_sample); lower is more conservative.", positive)
-    top_p: float = option(1.0, "Nucleus sampling (with do_sample): sample from the smallest set of tokens whose "
-                          "probability reaches top_p.", _top_p)
-    repetition_penalty: float = option(1.0, "Divides the score of every token already in the prompt or answer "
-                                       "(1 = off; 1.1-1.3 curbs the loops small models fall into).", positive)
-    no_repeat_ngram_size: int = option(0, "Never repeat an n-gram of this many tokens in an answer (0 = off).",
-                                       non_negative)
-    stop: list[str] = option(doc="Strings that end an answer: the output is cut at the first one found.",
-                             factory=list)
-
-
-@dataclass
-class ExtractiveQAConfig:
-    """Options of the `extractive_qa` task: how long contexts are cut into windows, how long an answer may be."""
-    doc_stride: int = option(32, "Tokens that consecutive windows of a context longer than data.max_length share, "
-                             "so that an answer cut by one window's edge lies whole inside the next; must be "
-                             "smaller than the context tokens a window holds (data.max_length minus the question).",
-                             positive)
-    max_answer_length: int = option(30, "Longest answer the model may give, in tokens.", positive)
-    allow_unanswerable: bool = option(False, "Accept questions the context does not answer (SQuAD v2: "
-                                      "`is_impossible`, or no answers; run_qa's --version_2_with_negative): the "
-                                      "model learns to point them at [CLS] and answers them with the empty string. "
-                                      "Off, such a question is a data error, since in SQuAD v1 data it is a mistake.")
-    null_score_diff_threshold: float = option(0.0, "With allow_unanswerable: the answer is empty when the [CLS] "
-                                              "score (start + end logit) beats the best span's by more than this; "
-                                              "raise it to answer more often.")
-
-
 def _level(v: float) -> str | None:
     return None if 0.5 <= v < 1 else "must be at least 0.5 and below 1, e.g. 0.9 for 90% intervals"
 
@@ -203,10 +150,6 @@ class RunConfig:
     method: MethodConfig = option(doc="The adaptation method and its options.",
                                   factory=lambda: MethodConfig("lora", None))
     train: TrainConfig = option(doc="Optimisation and early stopping.", factory=TrainConfig)
-    extractive_qa: ExtractiveQAConfig = option(doc="Context windows and answer length of the `extractive_qa` task.",
-                                               factory=ExtractiveQAConfig)
-    generation: GenerationConfig = option(doc="Prompts, truncation and decoding of the `generation` task.",
-                                          factory=GenerationConfig)
     methods: dict[str, dict[str, Any]] = option(doc="Per-method options used by `tunelab compare`, e.g. "
                                                 "{lora: {r: 16}, full: {freeze_layers: 2}}.", factory=dict)
     compare: CompareConfig = option(doc="Seeds and confidence of `tunelab compare`.", factory=CompareConfig)
@@ -216,10 +159,19 @@ class RunConfig:
     allow_unsafe_weights: bool = option(False, "Allow pickle (.bin) weights for local models; off by default "
                                         "because unpickling runs code.")
 
+    # Each task with options of its own (`Task.Options`) contributes a top-level block named after the task
+    # (`generation:`, `extractive_qa:`); `settings` builds them, so no task's options are defined here.
+    task_options: dict[str, Any] = field(init=False, default_factory=dict)
+
     def to_dict(self) -> dict[str, Any]:
         out = to_dict(self)
         out["method"] = {"name": self.method.name, **to_dict(self.method.options)}
-        return out
+        del out["task_options"]
+        blocks = {name: to_dict(options) for name, options in self.task_options.items()}
+        # The task blocks sit after `train`, where a reader of a saved config.yaml has always found them.
+        keys = list(out)
+        at = keys.index("train") + 1
+        return {**{k: out[k] for k in keys[:at]}, **blocks, **{k: out[k] for k in keys[at:]}}
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

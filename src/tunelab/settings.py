@@ -49,10 +49,14 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
     if isinstance(method_block, str):
         method_block = {"name": method_block}
     rest = {k: v for k, v in data.items() if k != "method"}
-    cfg = build(RunConfig, rest, "", problems)
+    with_options = {name: task.Options for name, task in TASKS.items() if task.Options is not None}
+    cfg = build(RunConfig, rest, "", problems, others=tuple(with_options))
     method = _build_method(method_block, problems)
-    if cfg is not None and method is not None:
+    task_options = {name: _build_block(Options, rest.get(name, {}), name, problems)
+                    for name, Options in with_options.items()}
+    if cfg is not None and method is not None and None not in task_options.values():
         cfg.method = method
+        cfg.task_options = task_options
         problems += validate(cfg)
     if problems:
         raise ConfigError(problems)
@@ -72,6 +76,13 @@ def _build_method(block: Any, problems: list[str]) -> MethodConfig | None:
     return MethodConfig(name, opts)
 
 
+def _build_block(cls: type, block: Any, key: str, problems: list[str]) -> Any:
+    if not isinstance(block, dict):
+        problems.append(f"`{key}` must be a mapping of its options (`tunelab config` lists them), got {block!r}")
+        return None
+    return build(cls, block, key, problems)
+
+
 def validate(cfg: RunConfig) -> list[str]:
     """Cross-field rules and names, checked together; returns every problem found."""
     problems = []
@@ -88,8 +99,9 @@ def validate(cfg: RunConfig) -> list[str]:
             problems.append(f"`train.early_stopping.metric` {metric!r} is not a {cfg.task} metric; choose one of: "
                             f"{', '.join(task.metric_names)}")
         builtin_task = DATASETS.get(cfg.data.source).task if cfg.data.source in DATASETS else None
-        # Generation and QA examples carry their own fields: a dataset of another task cannot stand in.
-        if builtin_task and builtin_task != cfg.task and {"generation", "extractive_qa"} & {cfg.task, builtin_task}:
+        # A built-in dataset of another task serves only a task that reads its rows the same way (classification
+        # data for regression, say); generation and QA rows carry fields of their own.
+        if builtin_task and builtin_task != cfg.task and type(task).examples is not type(TASKS.get(builtin_task)).examples:
             problems.append(f"`data.source` {cfg.data.source!r} is a {DATASETS.get(cfg.data.source).task} dataset, "
                             f"not one for task {cfg.task!r}")
         if cfg.data.languages and "languages" not in (DATASETS.get(cfg.data.source).options

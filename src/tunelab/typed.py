@@ -124,15 +124,16 @@ def _convert(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
     return None
 
 
-def build(cls: type, data: dict[str, Any], prefix: str, problems: list[str]) -> Any:
-    """Build dataclass `cls` from `data`; unknown keys and bad values go to `problems`."""
+def build(cls: type, data: dict[str, Any], prefix: str, problems: list[str], *, others: tuple[str, ...] = ()) -> Any:
+    """Build dataclass `cls` from `data`; unknown keys and bad values go to `problems`. `others` are keys the
+    caller reads itself (the tasks' blocks of a `RunConfig`): valid, but not fields of `cls`."""
     start = len(problems)
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     dotted = f"{prefix}." if prefix else ""
     for key in data:
-        if key not in fields:
-            problems.append(f"unknown key `{dotted}{key}`; valid keys: {', '.join(fields)}")
+        if key not in fields and key not in others:
+            problems.append(f"unknown key `{dotted}{key}`; valid keys: {', '.join([*fields, *others])}")
     kwargs = {}
     for name, f in fields.items():
         if name not in data:

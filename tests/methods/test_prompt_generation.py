@@ -8,18 +8,17 @@ import pytest
 
 from tunelab.api import evaluate
 from tunelab.cli import main
-from tunelab.config import GenerationConfig
 from tunelab.data import Example
 from tunelab.methods.prompt import Candidate, PromptEngineering, PromptOptions
 from tunelab.methods.prompt_generation import GenerationPrompter
-from tunelab.tasks.generation import GenerationTask
+from tunelab.tasks.generation import GenerationOptions, GenerationTask
 
 TRAIN = [Example(f"repeat {w}", w) for w in ("red", "blue", "green", "cat", "dog")]
 VALIDATION = [Example("repeat sun", "sun"), Example("repeat moon", "moon")]
 
 
 def test_plain_prompt_shows_demonstrations_then_the_input(llama_tokenizer):
-    task = GenerationTask(GenerationConfig(template="Copy: {source}", chat_template="off"))
+    task = GenerationTask(GenerationOptions(template="Copy: {source}", chat_template="off"))
     shown = task.with_prompt("Copy: {text}", TRAIN[:2])
     assert shown.prompt_text(llama_tokenizer, Example("repeat sun")) == \
         "Copy: repeat red\nred\n\nCopy: repeat blue\nblue\n\nCopy: repeat sun\n"
@@ -37,7 +36,7 @@ def test_chat_prompt_gives_each_demonstration_a_turn(llama_tokenizer):
 def test_the_prompt_follows_the_methods_chat_template_not_the_trained_format(llama_tokenizer, causal_lm):
     llama_tokenizer.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
                                      "{% if add_generation_prompt %}<assistant>{% endif %}")
-    task = GenerationTask(GenerationConfig(chat_template="off"))  # trained methods learn plain text
+    task = GenerationTask(GenerationOptions(chat_template="off"))  # trained methods learn plain text
     candidate = Candidate("{source}")
 
     def shown(chat_template: str) -> str:
@@ -52,7 +51,7 @@ def test_the_prompt_follows_the_methods_chat_template_not_the_trained_format(lla
 
 def _method(causal_lm, llama_tokenizer, **options) -> PromptEngineering:
     method = PromptEngineering(PromptOptions(**options))
-    task = GenerationTask(GenerationConfig(max_new_tokens=3, chat_template="off"))
+    task = GenerationTask(GenerationOptions(max_new_tokens=3, chat_template="off"))
     method.attach(GenerationPrompter(causal_lm, llama_tokenizer, task, method.options, 32, 4, "fp32"), [])
     return method
 

@@ -8,12 +8,12 @@ import pytest
 
 from tunelab import models
 from tunelab.api import predict, train
-from tunelab.config import ExtractiveQAConfig
 from tunelab.settings import load_config
 from tunelab.data import DATASETS, Example
 from tunelab.errors import DataError
 from tunelab.tasks import TASKS, task_for
-from tunelab.tasks.extractive_qa import CLS, Answers, ExtractiveQATask, answer_tokens, best_span, squad_scores
+from tunelab.tasks.extractive_qa import (CLS, Answers, ExtractiveQAOptions, ExtractiveQATask, answer_tokens, best_span,
+                                        squad_scores)
 from tunelab.training.batches import Batches
 
 
@@ -44,7 +44,7 @@ def test_registered_with_its_peft_type_and_default_metric():
 def test_windows_map_offsets_back_to_the_exact_answer_text(tokenizer):
     """Every question of the built-in dataset, at max_length 128: the target tokens decode to the answer."""
     examples = DATASETS.get("tunelab_qa").load()
-    task = ExtractiveQATask(ExtractiveQAConfig(doc_stride=32, max_answer_length=30))
+    task = ExtractiveQATask(ExtractiveQAOptions(doc_stride=32, max_answer_length=30))
     features = task.encode(tokenizer, examples, 128)
     windows = np.bincount([f["example"] for f in features], minlength=len(examples))
     assert windows.min() == 1 and windows.max() >= 3, "the long passages must need several windows"
@@ -60,7 +60,7 @@ def test_an_answer_cut_by_a_window_edge_is_found_in_the_next_window(tokenizer):
     example = qa("which tea ?", context, "Harbour Grey")
     question_tokens = len(tokenizer("which tea ?", add_special_tokens=False)["input_ids"])
     room = 20 - question_tokens - 3  # context tokens per window of max_length 20
-    task = ExtractiveQATask(ExtractiveQAConfig(doc_stride=6, max_answer_length=5))
+    task = ExtractiveQATask(ExtractiveQAOptions(doc_stride=6, max_answer_length=5))
     features = task.encode(tokenizer, [example], 20)
     first = features[0]["offsets"]
     last_char = max(o[1] for o in first if o is not None)
@@ -106,7 +106,7 @@ def test_squad_scores_golden_values():
 
 
 def test_squad_v2_scores_count_an_empty_answer_to_an_unanswerable_question():
-    task = ExtractiveQATask(ExtractiveQAConfig(allow_unanswerable=True))
+    task = ExtractiveQATask(ExtractiveQAOptions(allow_unanswerable=True))
     examples = [qa("when ?", "It began in 1874.", "1874"), qa("who ?", "Ann met Bo.", "Bo"),
                 Example("why ?", "", "It rained.", answers=[]), Example("how ?", "", "It rained.", answers=[])]
     scores = task.metrics(Answers(["1874", "", "", "rain"], [0.0] * 4), examples, [])
@@ -120,7 +120,7 @@ def test_an_unanswerable_question_points_every_window_at_cls_and_is_answered_wit
     context = " ".join(["red"] * 40)
     unanswerable = Example("which tea ?", "", context, "test", answers=[])
     answerable = qa("which tea ?", context + " Harbour Grey", "Harbour Grey")
-    task = ExtractiveQATask(ExtractiveQAConfig(doc_stride=6, max_answer_length=5, allow_unanswerable=True))
+    task = ExtractiveQATask(ExtractiveQAOptions(doc_stride=6, max_answer_length=5, allow_unanswerable=True))
     features = task.encode(tokenizer, [unanswerable, answerable], 24)
     mine = [f for f in features if f["example"] == 0]
     assert len(mine) > 1 and all(f["start_positions"] == f["end_positions"] == CLS for f in mine)
@@ -139,16 +139,16 @@ def test_an_unanswerable_question_points_every_window_at_cls_and_is_answered_wit
     answers = task.answers([unanswerable, answerable], features, logits)
     assert answers.texts[0] == "red" and answers.scores[0] == pytest.approx(18.0)
     # The threshold moves the line: ask the span to beat [CLS] by more than 11 (18 - 8 = 10 is not enough).
-    strict = ExtractiveQATask(ExtractiveQAConfig(doc_stride=6, max_answer_length=5, allow_unanswerable=True,
+    strict = ExtractiveQATask(ExtractiveQAOptions(doc_stride=6, max_answer_length=5, allow_unanswerable=True,
                                                  null_score_diff_threshold=-11.0))
     assert strict.answers([unanswerable, answerable], features, logits).texts == ["", ""]
     # Without allow_unanswerable the best span is always the answer, as before.
-    plain = ExtractiveQATask(ExtractiveQAConfig(doc_stride=6, max_answer_length=5))
+    plain = ExtractiveQATask(ExtractiveQAOptions(doc_stride=6, max_answer_length=5))
     assert "" not in plain.answers([unanswerable, answerable], features, logits).texts
 
 
 def test_collate_pads_on_the_right_and_keeps_the_targets(tokenizer):
-    task = ExtractiveQATask(ExtractiveQAConfig(doc_stride=8))
+    task = ExtractiveQATask(ExtractiveQAOptions(doc_stride=8))
     features = task.encode(tokenizer, [qa("who ?", "Ann met Bo.", "Bo"), qa("what ?", "A long day in the sun.", "sun")],
                            32)
     batch = task.collate(tokenizer, features)
@@ -164,7 +164,7 @@ def test_collate_pads_on_the_right_and_keeps_the_targets(tokenizer):
 def test_batches_count_features_and_know_their_examples(tokenizer):
     examples = [qa("which tea ?", " ".join(["word"] * 60) + " Harbour Grey", "Harbour Grey"),
                 qa("who ?", "Ann met Bo.", "Bo")]
-    batches = Batches(ExtractiveQATask(ExtractiveQAConfig(doc_stride=8)), tokenizer, examples, [], 40)
+    batches = Batches(ExtractiveQATask(ExtractiveQAOptions(doc_stride=8)), tokenizer, examples, [], 40)
     assert len(batches) > len(examples)
     assert batches.example_of == [f["example"] for f in batches.features]
     assert batches.example_of[-1] == 1 and batches.example_of[0] == 0
@@ -174,7 +174,7 @@ def test_a_question_too_long_for_its_window_is_one_clear_error(tokenizer):
     example = qa(" ".join(["why"] * 30) + " ?", "Because the sky is blue.", "blue")
     example.origin = "qa.json question id 'q7'"
     with pytest.raises(DataError) as info:
-        ExtractiveQATask(ExtractiveQAConfig(doc_stride=8)).encode(tokenizer, [example], 32)
+        ExtractiveQATask(ExtractiveQAOptions(doc_stride=8)).encode(tokenizer, [example], 32)
     message = str(info.value)
     assert message.startswith("qa.json question id 'q7': the question is 31 tokens") and "\n" not in message
     assert "raise data.max_length" in message and "extractive_qa.doc_stride" in message
@@ -233,4 +233,4 @@ def test_train_and_predict_with_unanswerable_questions(tiny_qa_config, tiny_qa_j
     rows = [json.loads(line) for line in open(f"{metrics['run_folder']}/predictions.jsonl")]
     assert sum(row["answers"] == [] for row in rows) == len(rows) // 3  # one question in three has no answer
     saved = load_config(f"{metrics['run_folder']}/config.yaml")
-    assert saved.extractive_qa.allow_unanswerable  # `predict` answers with the run's own rule
+    assert saved.task_options["extractive_qa"].allow_unanswerable  # `predict` answers with the run's own rule

@@ -9,11 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.cli import main
-from tunelab.config import GenerationConfig
 from tunelab.settings import load_config
 from tunelab.data import Example, load_splits
 from tunelab.errors import DataError, TrainingError, TunelabError
-from tunelab.tasks.generation import IGNORE, GenerationTask, cut_at_stop, left_pad
+from tunelab.tasks.generation import IGNORE, GenerationOptions, GenerationTask, cut_at_stop, left_pad
 from tunelab.training.batches import Batches
 from tunelab.training.loop import predict_scores
 from tunelab.tasks import TASKS
@@ -39,14 +38,14 @@ def test_labels_are_masked_exactly_on_prompt_and_padding(llama_tokenizer):
 def test_truncation_side(llama_tokenizer):
     e = [Example("one two three four five six seven eight nine ten", "red cat")]
     answer = llama_tokenizer("red cat", add_special_tokens=False)["input_ids"] + [llama_tokenizer.sep_token_id]
-    left = GenerationTask(GenerationConfig(truncation_side="left")).encode(llama_tokenizer, e, max_length=6)[0]
+    left = GenerationTask(GenerationOptions(truncation_side="left")).encode(llama_tokenizer, e, max_length=6)[0]
     assert len(left["input_ids"]) == 6 and left["labels"][-len(answer):] == answer  # the answer is kept whole
-    right = GenerationTask(GenerationConfig(truncation_side="right")).encode(llama_tokenizer, e, max_length=6)[0]
+    right = GenerationTask(GenerationOptions(truncation_side="right")).encode(llama_tokenizer, e, max_length=6)[0]
     assert len(right["input_ids"]) == 6 and set(right["labels"]) == {IGNORE}  # the answer is cut away
 
 
 def test_a_batch_without_answer_tokens_is_an_error_not_a_zero_loss(llama_tokenizer):
-    task = GenerationTask(GenerationConfig(truncation_side="right"))
+    task = GenerationTask(GenerationOptions(truncation_side="right"))
     batches = Batches(task, llama_tokenizer, [Example("one two three four five six seven eight", "red cat")], [], 4)
     with pytest.raises(TrainingError, match="every answer token .* truncated away.*raise data.max_length or set "
                                             "generation.truncation_side: left"):
@@ -93,7 +92,7 @@ def test_logits_are_kept_from_the_batch_s_first_answer_position(llama_tokenizer,
 def test_generation_pads_on_the_left_and_batching_changes_nothing(llama_tokenizer, causal_lm):
     ids, mask = left_pad([[5, 6, 7], [8]], pad=0)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
-    task = GenerationTask(GenerationConfig(max_new_tokens=5))
+    task = GenerationTask(GenerationOptions(max_new_tokens=5))
     prompts = [Example("repeat red cat"), Example("a much longer prompt with many more words in it"), Example("x")]
     kw = dict(max_length=64, precision="fp32", device=torch.device("cpu"))
     together = task.generate(causal_lm, llama_tokenizer, prompts, batch_size=3, **kw)
@@ -106,9 +105,9 @@ def test_generation_pads_on_the_left_and_batching_changes_nothing(llama_tokenize
 
 def test_beam_and_sampling_settings_run(llama_tokenizer, causal_lm):
     kw = dict(max_length=64, batch_size=2, precision="fp32", device=torch.device("cpu"))
-    beams = GenerationTask(GenerationConfig(max_new_tokens=3, num_beams=3)).generate(causal_lm, llama_tokenizer,
+    beams = GenerationTask(GenerationOptions(max_new_tokens=3, num_beams=3)).generate(causal_lm, llama_tokenizer,
                                                                                     EXAMPLES, **kw)
-    sampler = GenerationTask(GenerationConfig(max_new_tokens=3, do_sample=True, temperature=0.7, top_p=0.9), seed=1)
+    sampler = GenerationTask(GenerationOptions(max_new_tokens=3, do_sample=True, temperature=0.7, top_p=0.9), seed=1)
     assert len(beams) == 2
     assert sampler.generate(causal_lm, llama_tokenizer, EXAMPLES, **kw) == sampler.generate(causal_lm, llama_tokenizer,
                                                                                      EXAMPLES, **kw)
@@ -119,7 +118,7 @@ def test_repetition_settings_reach_generate(llama_tokenizer, causal_lm, monkeypa
     seen = []
     generate = causal_lm.generate
     monkeypatch.setattr(causal_lm, "generate", lambda **a: seen.append(a["generation_config"]) or generate(**a))
-    task = GenerationTask(GenerationConfig(max_new_tokens=12, no_repeat_ngram_size=2, repetition_penalty=1.3))
+    task = GenerationTask(GenerationOptions(max_new_tokens=12, no_repeat_ngram_size=2, repetition_penalty=1.3))
     assert len(task.generate(causal_lm, llama_tokenizer, EXAMPLES, **kw)) == 2
     assert (seen[0].no_repeat_ngram_size, seen[0].repetition_penalty) == (2, 1.3)
 
@@ -129,24 +128,24 @@ def test_stop_strings_cut_the_output(llama_tokenizer, causal_lm):
     assert cut_at_stop(" red cat ", []) == "red cat"
     assert cut_at_stop("abc STOP def", ["zzz", "STOP", "c"]) == "ab"
     kw = dict(max_length=64, batch_size=2, precision="fp32", device=torch.device("cpu"))
-    full = GenerationTask(GenerationConfig(max_new_tokens=6)).generate(causal_lm, llama_tokenizer, EXAMPLES, **kw)
+    full = GenerationTask(GenerationOptions(max_new_tokens=6)).generate(causal_lm, llama_tokenizer, EXAMPLES, **kw)
     stop = full[0].split()[1]  # the second generated word
-    cut = GenerationTask(GenerationConfig(max_new_tokens=6, stop=[stop])).generate(causal_lm, llama_tokenizer,
+    cut = GenerationTask(GenerationOptions(max_new_tokens=6, stop=[stop])).generate(causal_lm, llama_tokenizer,
                                                                                   EXAMPLES, **kw)
     assert cut[0] == full[0][:full[0].find(stop)].strip()
 
 
 def test_prompts_use_the_chat_template_when_there_is_one(llama_tokenizer):
     e = Example("hello")
-    assert GenerationTask(GenerationConfig(template="Say:\n{source}")).prompt_text(llama_tokenizer, e) == "Say:\nhello\n"
+    assert GenerationTask(GenerationOptions(template="Say:\n{source}")).prompt_text(llama_tokenizer, e) == "Say:\nhello\n"
     with pytest.raises(TunelabError, match="chat_template` is on but the model's tokenizer has no chat template"):
-        GenerationTask(GenerationConfig(chat_template="on")).prompt_text(llama_tokenizer, e)
+        GenerationTask(GenerationOptions(chat_template="on")).prompt_text(llama_tokenizer, e)
     llama_tokenizer.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}" \
                               "{% if add_generation_prompt %}<assistant>{% endif %}"
     assert GenerationTask().prompt_text(llama_tokenizer, e) == "<user>hello<assistant>"
     turns = Example("hi", "x", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
     assert GenerationTask().prompt_text(llama_tokenizer, turns) == "<system>be brief<user>hi<assistant>"
-    assert GenerationTask(GenerationConfig(chat_template="off")).prompt_text(llama_tokenizer, turns) == \
+    assert GenerationTask(GenerationOptions(chat_template="off")).prompt_text(llama_tokenizer, turns) == \
         "system: be brief\nuser: hi\nassistant:\n"
 
 

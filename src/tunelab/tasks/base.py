@@ -42,9 +42,18 @@ class Task:
     stratified: ClassVar[bool] = False  # whether splits keep each label's share of the examples
     diagnostic_sample: ClassVar[int] = 1000  # train examples scored for the train/validation gap
 
+    # A task with options of its own gives their typed dataclass here: the config gets a top-level block named
+    # after the task (`generation:`), documented by `options_doc`, built and checked by `settings`.
+    Options: ClassVar[type | None] = None
+    options_doc: ClassVar[str] = ""
+
     def configure(self, cfg) -> "Task":
         """The task with the run's own options (`RunConfig`); tasks without options return themselves."""
         return self
+
+    def options_in(self, cfg) -> Any:
+        """This task's options in a `RunConfig`: its block, or the defaults in a config built without one."""
+        return cfg.task_options.get(self.name) or self.Options()
 
     def bind(self, model: nn.Module) -> None:
         """Note what the task may ask of the model it will run on (called once the model is loaded)."""

@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import ExtractiveQAConfig
 from ..data import Example
 from ..data.squad import squad_examples
 from ..errors import DataError, TunelabError
 from ..training.batches import Batches
 from ..training.loop import predict_scores
+from ..typed import option, positive
 from ..uncertainty import mean_of
 from .base import Task, gold_in
 from .registry import register
@@ -53,6 +53,24 @@ class Answers:
         return len(self.texts)
 
 
+
+@dataclass
+class ExtractiveQAOptions:
+    """The `extractive_qa:` block: how long contexts are cut into windows, how long an answer may be."""
+    doc_stride: int = option(32, "Tokens that consecutive windows of a context longer than data.max_length share, "
+                             "so that an answer cut by one window's edge lies whole inside the next; must be "
+                             "smaller than the context tokens a window holds (data.max_length minus the question).",
+                             positive)
+    max_answer_length: int = option(30, "Longest answer the model may give, in tokens.", positive)
+    allow_unanswerable: bool = option(False, "Accept questions the context does not answer (SQuAD v2: "
+                                      "`is_impossible`, or no answers; run_qa's --version_2_with_negative): the "
+                                      "model learns to point them at [CLS] and answers them with the empty string. "
+                                      "Off, such a question is a data error, since in SQuAD v1 data it is a mistake.")
+    null_score_diff_threshold: float = option(0.0, "With allow_unanswerable: the answer is empty when the [CLS] "
+                                              "score (start + end logit) beats the best span's by more than this; "
+                                              "raise it to answer more often.")
+
+
 @register
 class ExtractiveQATask(Task):
     name = "extractive_qa"
@@ -65,8 +83,9 @@ class ExtractiveQATask(Task):
     head_names = ("qa_outputs",)
 
     def config_problems(self, cfg) -> list[str]:
-        if cfg.extractive_qa.doc_stride >= cfg.data.max_length:
-            return [f"`extractive_qa.doc_stride` {cfg.extractive_qa.doc_stride} must be smaller than `data.max_length` "
+        stride = self.options_in(cfg).doc_stride
+        if stride >= cfg.data.max_length:
+            return [f"`extractive_qa.doc_stride` {stride} must be smaller than `data.max_length` "
                     f"{cfg.data.max_length} (windows share that many context tokens); lower it, e.g. to a quarter of "
                     f"data.max_length"]
         return []
@@ -76,11 +95,14 @@ class ExtractiveQATask(Task):
         """SQuAD articles or flat question/context/answers rows (`data/squad.py` reads the format)."""
         return squad_examples(rows, columns, need_label)
 
-    def __init__(self, options: ExtractiveQAConfig | None = None):
-        self.options = options or ExtractiveQAConfig()
+    Options = ExtractiveQAOptions
+    options_doc = "Context windows and answer length of the `extractive_qa` task."
+
+    def __init__(self, options: ExtractiveQAOptions | None = None):
+        self.options = options or ExtractiveQAOptions()
 
     def configure(self, cfg) -> "ExtractiveQATask":
-        return ExtractiveQATask(cfg.extractive_qa)
+        return ExtractiveQATask(self.options_in(cfg))
 
     def auto_class(self):
         from transformers import AutoModelForQuestionAnswering

@@ -13,18 +13,18 @@ import dataclasses
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..config import GenerationConfig
 from ..data import Example
 from ..errors import TrainingError, TunelabError
 from ..training.batches import Batches
 from ..training.loop import predict_scores
 from ..training.precision import autocast
+from ..typed import non_negative, option, positive
 from ..uncertainty import mean_of
 from .base import Task, gold_in
 from .generation_rows import generation_examples
@@ -32,6 +32,42 @@ from .registry import register
 from .text_metrics import exact_match, perplexity, text_metrics, token_f1
 
 IGNORE = -100  # the label torch's cross-entropy (and so every HF causal-LM loss) skips
+
+
+def _has_source(v: str) -> str | None:
+    return None if "{source}" in v else "must contain {source}, where the example's prompt goes"
+
+
+def _top_p(v: float) -> str | None:
+    return None if 0 < v <= 1 else "must be above 0 and at most 1"
+
+
+@dataclass
+class GenerationOptions:
+    """The `generation:` block: how prompts are written, truncated, and answered."""
+    template: str = option("{source}", "How a prompt (the `prompt` or `source` column) is written for the model; "
+                           "`{source}` marks where the text goes, e.g. \"Translate English to French:\\n{source}\\n\". "
+                           "Not used for `messages` data, whose turns are given as they are.", _has_source)
+    chat_template: Literal["auto", "on", "off"] = option("auto", "Render the prompt through the tokenizer's chat "
+                                                         "template: `auto` where it has one, `on` (an error without "
+                                                         "one), `off`: plain text ending in a newline. The prompt "
+                                                         "method follows its own `chat_template` option instead.")
+    truncation_side: Literal["left", "right"] = option("left", "Which end of prompt + answer is cut when it is longer "
+                                                       "than data.max_length. `left` drops the prompt's start and "
+                                                       "keeps the answer; `right` drops the answer's end. Prompts "
+                                                       "for generation always keep their last tokens.")
+    max_new_tokens: int = option(64, "Longest generated answer, in tokens.", positive)
+    num_beams: int = option(1, "Beam-search width; 1 is greedy (or sampling with do_sample).", positive)
+    do_sample: bool = option(False, "Sample tokens instead of choosing the most likely (seeded by train.seed).")
+    temperature: float = option(1.0, "Sampling temperature (with do_sample); lower is more conservative.", positive)
+    top_p: float = option(1.0, "Nucleus sampling (with do_sample): sample from the smallest set of tokens whose "
+                          "probability reaches top_p.", _top_p)
+    repetition_penalty: float = option(1.0, "Divides the score of every token already in the prompt or answer "
+                                       "(1 = off; 1.1-1.3 curbs the loops small models fall into).", positive)
+    no_repeat_ngram_size: int = option(0, "Never repeat an n-gram of this many tokens in an answer (0 = off).",
+                                       non_negative)
+    stop: list[str] = option(doc="Strings that end an answer: the output is cut at the first one found.",
+                             factory=list)
 
 
 @dataclass
@@ -67,9 +103,12 @@ class GenerationTask(Task):
         # Token labels: a causal LM predicts token t+1 from position t, so the first label is never a target.
         return int((batch["labels"][:, 1:] != IGNORE).sum())
 
-    def __init__(self, options: GenerationConfig | None = None, seed: int = 0,
+    Options = GenerationOptions
+    options_doc = "Prompts, truncation and decoding of the `generation` task."
+
+    def __init__(self, options: GenerationOptions | None = None, seed: int = 0,
                  demonstrations: list[Example] | None = None):
-        self.options = options or GenerationConfig()
+        self.options = options or GenerationOptions()
         self.seed = seed
         self.demonstrations = demonstrations or []  # solved examples shown before the input (prompt method)
         self.answer_logits_only = False  # set by `bind`: the model computes logits at the positions it is told
@@ -80,7 +119,7 @@ class GenerationTask(Task):
         self.answer_logits_only = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     def configure(self, cfg) -> "GenerationTask":
-        return GenerationTask(cfg.generation, cfg.train.seed)
+        return GenerationTask(self.options_in(cfg), cfg.train.seed)
 
     def with_prompt(self, template: str, demonstrations: list[Example], chat_template: str | None = None
                     ) -> "GenerationTask":
