@@ -37,8 +37,9 @@ test: setup
 test-all: setup
 	TUNELAB_SLOW=1 $(BIN)/python -m pytest -q
 
+# Training speed against the Hugging Face Trainer, side by side (about 25 minutes); figures in bench/results/.
 bench: setup
-	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/speed.py
 	$(BIN)/python bench/estimate_accuracy.py configs/demo.yaml
 
 clean:

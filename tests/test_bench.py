@@ -1,0 +1,55 @@
+"""`bench/speed.py` (run by `make bench`) works end to end: here on the tiny models, one repeat, every recipe."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "speed.py"
+
+
+def test_speed_bench_runs_every_recipe_and_writes_its_table_and_json(tiny_bert, tiny_csv, tiny_llama,
+                                                                     tiny_generation_jsonl, tmp_path):
+    out = tmp_path / "speed.json"
+    common = [sys.executable, str(BENCH), "--repeats", "1", "--precision", "fp32", "--json", str(out)]
+    classification = subprocess.run(common + ["--cases", "minilm-lora", "--override", f"model={tiny_bert}",
+                                              "--override", f"data.source={tiny_csv}"],
+                                     capture_output=True, text=True, timeout=600)
+    assert classification.returncode == 0, classification.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    assert [r["recipe"] for r in results] == ["tunelab", "hf", "hf-best"]
+    for r in results:
+        assert r["examples"] > 0 and r["tokens"] >= r["examples"] and r["seconds"] > 0
+        assert 0 < r["fraction_of_gemm_peak"] and r["flops"] > 0 and r["peak_rss_mib"] > 0
+        assert 0 <= r["test_metric"] <= 1 and r["metric"] == "accuracy"
+    assert results[1]["vs_hf"] == 1.0 and results[2]["vs_hf_best"] == 1.0
+    for r in results:  # the accuracy difference to the Trainer's best recipe, paired on the same test examples
+        difference, low, high = r["vs_hf_best_accuracy"]
+        assert low <= difference <= high and abs(difference) <= 1
+    assert results[2]["vs_hf_best_accuracy"] == [0.0, 0.0, 0.0]
+    assert "| minilm-lora | tunelab |" in classification.stdout
+
+    generation = subprocess.run(common + ["--cases", "smollm2-generation", "--override", f"model={tiny_llama}",
+                                          "--override", f"data.source={tiny_generation_jsonl}"],
+                                capture_output=True, text=True, timeout=600)
+    assert generation.returncode == 0, generation.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    assert {r["metric"] for r in results} == {"chrf"} and len(results) == 3
+    assert all(r["vs_hf_best_accuracy"] is None and r["test_metric_90"] is None for r in results)
+    assert all(r["tokens"] > 0 for r in results)
+
+
+def test_useful_flops_count_six_times_the_weights_for_full_training_and_four_for_frozen(tiny_bert):
+    import torch
+
+    sys.path.insert(0, str(BENCH.parent))
+    from speed import useful_flops
+    from transformers import AutoModelForSequenceClassification
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    attention = 4 * model.config.num_hidden_layers * model.config.hidden_size * 10 * 10
+    assert useful_flops(model, [10]) == 6 * linear * 10 + 2 * attention
+    for p in model.parameters():
+        p.requires_grad_(False)
+    assert useful_flops(model, [10]) == 4 * linear * 10 + 2 * attention
