@@ -78,9 +78,10 @@ class TrainConfig:
                                                         "(timed once), else fp32.")
     seed: int = option(0, "Seed of initialisation, shuffling and dropout.")
     log_every: int = option(10, "Record the training loss every this many steps.", positive)
-    group_by_length: bool = option(False, "Batch training inputs of similar length together (shuffled in groups of "
+    group_by_length: bool = option(True, "Batch training inputs of similar length together (shuffled in groups of "
                                    "50 batches), as Trainer's option of that name: less padding, faster epochs on "
-                                   "texts of mixed length.")
+                                   "texts of mixed length (1.6x on Rotten Tomatoes; `make bench`). Off: batches "
+                                   "drawn purely at random.")
     gradient_checkpointing: bool = option(False, "Keep only each layer's input during the forward pass and "
                                           "recompute the rest in the backward pass, as Trainer's option of that "
                                           "name: less memory for longer sequences or larger batches, slower steps.")

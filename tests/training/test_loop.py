@@ -169,3 +169,38 @@ def test_gradient_checkpointing_on_a_model_without_it_is_a_config_error():
     with pytest.raises(ConfigError, match=r"my-model \(Linear\) does not support gradient checkpointing; set "
                                           r"train.gradient_checkpointing: false"):
         enable_gradient_checkpointing(torch.nn.Linear(2, 2), "my-model")
+
+
+def test_predictions_come_back_in_example_order_though_batches_are_sorted_by_length(tiny_config):
+    """Evaluation batches inputs of like length (longest first) and puts the outputs back in the examples' order:
+    each example's scores equal those of scoring it alone, and the loss those of the examples one by one."""
+    import dataclasses
+
+    import numpy as np
+
+    from tunelab.training.batches import Batches
+    from tunelab.training.loop import predict_scores
+    cfg = load_config(tiny_config("full"))
+    splits = load_splits(cfg.data, TASKS.get("classification"))
+    adapted = prepare(cfg, splits, log=lambda _: None)
+    # Texts cut to 1, 2, 3, … words, in no order of length.
+    examples = [dataclasses.replace(e, text=" ".join(e.text.split()[:1 + (7 * i) % 5]))
+                for i, e in enumerate(splits.train[:24])]
+    batches = Batches(adapted.task, adapted.tokenizer, examples, splits.labels, cfg.data.max_length)
+    lengths = [len(f["input_ids"]) for f in batches.features]
+    assert len(set(lengths)) > 3 and lengths != sorted(lengths, reverse=True)  # sorting changes the order
+    scores, loss = predict_scores(adapted.model, batches, 8, "fp32", torch.device("cpu"))
+    alone = [predict_scores(adapted.model, Batches(adapted.task, adapted.tokenizer, [e], splits.labels,
+                                                   cfg.data.max_length), 1, "fp32", torch.device("cpu"))
+             for e in examples]
+    np.testing.assert_allclose(scores, np.concatenate([s for s, _ in alone]), rtol=1e-4, atol=1e-5)
+    assert loss == pytest.approx(np.mean([l for _, l in alone]), rel=1e-4)
+
+
+def test_the_optimizer_is_fused_adamw_on_cpu(tiny_config):
+    """One pass over all weights per step, as the Trainer's default `adamw_torch_fused`."""
+    from tunelab.training.state import Training
+    cfg = load_config(tiny_config("full"))
+    model = torch.nn.Linear(4, 2)
+    training = Training.start(model, cfg.train, 1e-3, 10, "fp32", torch.device("cpu"))
+    assert isinstance(training.optimizer, torch.optim.AdamW) and training.optimizer.defaults["fused"] is True

@@ -34,7 +34,11 @@ def predict_scores(model: nn.Module, batches: Batches, batch_size: int, precisio
     """
     model.eval()
     outputs, losses, counts = [], [], []
-    for batch in batches.iterate(batch_size):
+    # Longest first: each batch holds inputs of like length, so it pads little (the order of the outputs is
+    # restored below), and the largest batch comes first, where a memory error would show at once.
+    order = sorted(range(len(batches)), key=lambda i: -len(batches.features[i]["input_ids"]))
+    for start in range(0, len(order), batch_size):
+        batch = batches.batch(order[start:start + batch_size])
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast(precision, device):
             out = model(**batch)
@@ -45,7 +49,11 @@ def predict_scores(model: nn.Module, batches: Batches, batch_size: int, precisio
             losses.append(float(out.loss) * n)
             counts.append(n)
     loss = sum(losses) / sum(counts) if counts else None
-    return (_concat(outputs) if keep_outputs else None), loss
+    if not keep_outputs or not outputs:
+        return None, loss
+    in_order = np.empty(len(order), dtype=int)
+    in_order[order] = np.arange(len(order))
+    return _concat(outputs)[in_order], loss
 
 
 def _concat(chunks: list[torch.Tensor]) -> np.ndarray:

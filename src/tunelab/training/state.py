@@ -69,7 +69,10 @@ class Training:
         """Seeded optimizer, scheduler and data order for a run of `cfg.epochs` epochs."""
         torch.manual_seed(cfg.seed)
         model.to(device)
-        optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=learning_rate)
+        # The fused kernel updates every tensor in one pass (CPU and CUDA, since torch 2.4) instead of ~10 passes
+        # per tensor; Hugging Face's Trainer picks it by default too (`adamw_torch_fused`).
+        optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=learning_rate,
+                                      fused=device.type in ("cpu", "cuda"))
         total = steps_per_epoch * cfg.epochs
         scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total),
                                   num_training_steps=total)
