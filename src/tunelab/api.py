@@ -14,7 +14,7 @@ from .data.files import read_rows
 from .diagnostics import overfitting_warnings
 from .errors import TunelabError
 from .pipeline import data_for, fit, reload
-from .runs import RunWriter, read_run, run_name, versions
+from .runs import RunLock, RunWriter, read_run, run_name, versions
 from .settings import from_dict, load_config
 from .tasks import task_for
 from .training.checkpoint import Checkpoint
@@ -41,6 +41,12 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | N
     task = task_for(cfg)
     splits = data_for(cfg, task)
     folder = Path(cfg.output) / run_name(cfg)
+    with RunLock(folder):  # one writer per run name: a second process is refused, naming the first
+        return _train(cfg, task, splits, folder, overwrite, resume, log)
+
+
+def _train(cfg: RunConfig, task, splits: Splits, folder: Path, overwrite: bool, resume: bool,
+           log: Callable[[str], None]) -> dict[str, Any]:
     checkpoint = Checkpoint(folder, cfg.to_dict(), cfg.train.checkpoint_every,
                             resolve=lambda saved: load_config(saved).to_dict())
     if resume:
@@ -99,6 +105,7 @@ def _write_run(cfg: RunConfig, task, splits: Splits, adapted, fit_seconds: float
         "epochs_run": state.epoch if state else 0, "best_epoch": state.best_epoch if state else 0,
         "stopped_early": state.stopped_early if state else False,
         "resumed_at_step": state.resumed_at_step if state else None,
+        "skipped_steps": state.skipped_steps if state else 0,
         "diagnostics": diagnostics,
         "newly_initialised": adapted.newly_initialised, "trained_head_modules": adapted.trained_heads,
         "splits": splits.sizes(), "labels": splits.labels,
@@ -155,6 +162,12 @@ def _run_of_kept_trial(cfg: RunConfig, storage: Path, number: int, overwrite: bo
         return None
     task = task_for(cfg)
     splits = data_for(cfg, task)
+    with RunLock(Path(cfg.output) / run_name(cfg)):
+        return _write_kept_trial(cfg, task, splits, storage, kept, number, overwrite, log)
+
+
+def _write_kept_trial(cfg: RunConfig, task, splits: Splits, storage: Path, kept: dict[str, Any], number: int,
+                      overwrite: bool, log: Callable[[str], None]) -> dict[str, Any]:
     writer = RunWriter(Path(cfg.output) / run_name(cfg), overwrite)
     log(f"run {writer.folder}: trial {number}'s model, kept by the search (not trained again)")
     try:

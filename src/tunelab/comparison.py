@@ -25,6 +25,7 @@ from .methods import METHODS
 from .measured import measure
 from .plan import base_dict, default_methods, method_config  # noqa: F401  (method_config: this module's API too)
 from .recommend import recommend_measured
+from .runs import RunLock, folder_problem
 from .report import write_report
 from .report.table import shown_metrics, table_rows  # noqa: F401  (table_rows: part of this module's API)
 from .settings import load_config
@@ -49,7 +50,16 @@ def compare(config: RunConfig | str | Path | dict, methods: list[str] | None = N
         load_config(method_config(base, m, Path(".")))
     # A comparison at tuned settings is another comparison: it must not meet the untuned runs' folder.
     default_name = (cfg.name or _default_name(cfg)) + ("-tuned" if cfg.tune.trials else "")
+    problem = folder_problem(output, "--output")
+    if problem:
+        raise ConfigError(problem)
     folder = Path(output) / (name or default_name)
+    with RunLock(folder, "comparison"):  # two `compare` of one name at once would train the same runs twice
+        return _compare_in(folder, methods, base, cfg, overwrite, max_minutes, max_memory_mb, log)
+
+
+def _compare_in(folder: Path, methods: list[str], base: dict[str, Any], cfg: RunConfig, overwrite: bool,
+                max_minutes: float | None, max_memory_mb: float | None, log: Callable[[str], None]) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, method in enumerate(methods, start=1):

@@ -12,6 +12,7 @@ import re
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -32,6 +33,21 @@ def check_free(folder: Path, overwrite: bool) -> None:
     if folder.exists() and not overwrite:
         raise TunelabError(f"run folder {folder} exists already; pick another name (name=NEW) or pass --overwrite "
                            f"to replace it once the new run has finished")
+
+
+def folder_problem(folder: str | Path, key: str) -> str | None:
+    """Why `folder` cannot receive runs (a file stands where it or a parent should be; not writable), or None.
+    Checked with the config, so that such a mistake ends before any training, not when the run is written."""
+    path = Path(folder)
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                return (f"`{key}`: {existing} is a file, not a folder; give a folder, which is created if missing "
+                        f"(e.g. runs)")
+            if not os.access(existing, os.W_OK | os.X_OK):
+                return f"`{key}`: you cannot write in {existing}; give a folder you can write in"
+            return None
+    return None
 
 
 class RunWriter:
@@ -75,6 +91,64 @@ class RunWriter:
 
     def discard(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class RunLock:
+    """`.NAME.lock` beside a run (or comparison) folder while a process writes it: a second process on the same
+    name is refused at once, with the holder's pid, host and start, instead of two writers in one folder.
+
+    The file is created with O_EXCL, so of two processes starting together exactly one gets it. A lock whose
+    process is gone (killed: no cleanup ran) is taken over when that process was on this machine; one from
+    another machine cannot be checked, and the message says how to remove it."""
+
+    def __init__(self, folder: Path, what: str = "run"):
+        self.folder = folder
+        self.path = folder.with_name(f".{folder.name}.lock")
+        self.what = what
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(20):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is None and attempt < 10:  # just created, its content not yet written: look again
+                    time.sleep(0.05)
+                    continue
+                if holder and not self._stale(holder):
+                    raise TunelabError(
+                        f"{self.what} {self.folder} is being written by process {holder.get('pid')} on "
+                        f"{holder.get('host')} (since {holder.get('started')}); wait for it to finish, or if that "
+                        f"process is gone, delete {self.path}") from None
+                self.path.unlink(missing_ok=True)  # stale, unreadable for 0.5 s, or released meanwhile
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "owner": _owner(),
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+            return self
+        raise TunelabError(f"could not take the lock {self.path}: other processes keep taking it; try again")
+
+    def __exit__(self, *exc) -> None:
+        holder = self._holder()
+        if holder and holder.get("owner") == _owner():
+            self.path.unlink(missing_ok=True)
+
+    def _holder(self) -> dict[str, Any] | None:
+        """The lock's content: {} once it is gone, None while it cannot be read."""
+        try:
+            holder = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            return None
+        return holder if isinstance(holder, dict) else None
+
+    @staticmethod
+    def _stale(holder: dict[str, Any]) -> bool:
+        """Whether the holder was a process of this machine that no longer exists."""
+        pid, _, host = str(holder.get("owner", "")).partition(".")
+        return host == _owner().split(".")[1] and pid.isdigit() and not _alive(int(pid))
 
 
 def _owner() -> str:
