@@ -312,3 +312,27 @@ def test_a_new_task_with_options_needs_no_change_outside_its_own_file(monkeypatc
     assert the_problem({"task": "shout", "shout": {"volume": -1}}) == "`shout.volume` must be positive, got -1"
     assert main(["config"]) == 0
     assert "shout.volume = 3: How loud." in capsys.readouterr().out
+
+
+def test_output_that_is_a_file_is_a_config_problem_not_a_traceback(tmp_path, capsys):
+    """Found by a new user: `output:` naming an existing file ended in FileExistsError and exit 1."""
+    taken = tmp_path / "results.txt"
+    taken.write_text("mine\n")
+    assert the_problem({"output": str(taken)}) == (f"`output`: {taken} is a file, not a folder; give a folder, "
+                                                    f"which is created if missing (e.g. runs)")
+    assert the_problem({"output": str(taken / "runs")}).startswith(f"`output`: {taken} is a file, not a folder")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"output": str(taken)}))
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "Traceback" not in err
+    assert taken.read_text() == "mine\n"  # untouched
+
+
+def test_compare_output_that_is_a_file_is_refused_before_anything_trains(tmp_path, capsys):
+    taken = tmp_path / "comparisons"
+    taken.write_text("mine\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({}))
+    assert main(["compare", str(config), "--methods", "lora", "--output", str(taken)]) == 2
+    assert "`--output`: " in capsys.readouterr().err and taken.read_text() == "mine\n"

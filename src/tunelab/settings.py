@@ -18,6 +18,7 @@ from .data import DATASETS
 from .errors import ConfigError
 from .methods import METHODS
 from .models import MODELS
+from .runs import folder_problem
 from .tasks import TASKS
 from .typed import build
 
@@ -134,6 +135,9 @@ def validate(cfg: RunConfig) -> list[str]:
     if source not in DATASETS and not Path(source).exists():
         problems.append(f"`data.source`: {source!r} is neither a built-in dataset ({', '.join(DATASETS.names())}) "
                         f"nor an existing file or folder")
+    output = folder_problem(cfg.output, "output")
+    if output:
+        problems.append(output)
     for key in ("validation_file", "test_file"):
         path = getattr(cfg.data, key)
         if path is not None and not Path(path).is_file():
