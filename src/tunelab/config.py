@@ -85,6 +85,11 @@ class TrainConfig:
     gradient_checkpointing: bool = option(False, "Keep only each layer's input during the forward pass and "
                                           "recompute the rest in the backward pass, as Trainer's option of that "
                                           "name: less memory for longer sequences or larger batches, slower steps.")
+    on_nonfinite: Literal["stop", "skip"] = option("stop", "What a step whose loss or gradients are not finite "
+                                                   "(NaN, inf) does: `stop` the run with the step named, or `skip` "
+                                                   "its update (counted in metrics.json's skipped_steps) and go on.")
+    max_skipped_in_a_row: int = option(10, "With on_nonfinite: skip, stop once this many steps in a row were "
+                                       "skipped: the run is diverging, not hitting one bad batch.", positive)
     checkpoint_every: int = option(200, "Save a checkpoint every this many steps, and at each epoch's end, in "
                                    "`.NAME.checkpoint/` beside the run folder, so that `tunelab train ... --resume` "
                                    "continues an interrupted run exactly; it is removed when the run is written. "

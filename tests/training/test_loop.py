@@ -204,3 +204,80 @@ def test_the_optimizer_is_fused_adamw_on_cpu(tiny_config):
     model = torch.nn.Linear(4, 2)
     training = Training.start(model, cfg.train, 1e-3, 10, "fp32", torch.device("cpu"))
     assert isinstance(training.optimizer, torch.optim.AdamW) and training.optimizer.defaults["fused"] is True
+
+
+class _Poisoned(torch.nn.Module):
+    """A model whose loss (or, with `grad`, whose gradients only) are NaN on the steps listed."""
+
+    def __init__(self, bad_steps: set[int], grad: bool = False):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(2))
+        self.bad_steps, self.grad, self.calls = bad_steps, grad, 0
+
+    def forward(self, x):
+        self.calls += 1
+        loss = ((self.weight * x) ** 2).mean()
+        if self.calls in self.bad_steps:
+            if self.grad:  # a finite loss whose gradient is NaN: 0 · sqrt(u) at u = 0 is 0, its slope 0 · inf
+                loss = loss + (torch.sqrt(self.weight - self.weight.detach()) * 0).sum()
+            else:
+                loss = loss * float("nan")
+        return type("Out", (), {"loss": loss})()
+
+
+def _training(model, **train):
+    from tunelab.config import TrainConfig
+    from tunelab.training.state import Training
+    return Training.start(model, TrainConfig(**train), 0.1, 10, "fp32", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_on_nonfinite_skip_drops_the_update_counts_it_and_goes_on(grad):
+    model = _Poisoned({2}, grad=grad)
+    t = _training(model, on_nonfinite="skip", warmup_ratio=0.0)
+    t.step({"x": torch.ones(2)})
+    before = model.weight.detach().clone()
+    t.step({"x": torch.ones(2)})  # poisoned: no update
+    assert torch.equal(model.weight.detach(), before) and torch.isfinite(model.weight).all()
+    assert t.state.skipped_steps == 1 and t.state.step == 2
+    t.step({"x": torch.ones(2)})
+    assert not torch.equal(model.weight.detach(), before) and t.state.skipped_in_a_row == 0
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_on_nonfinite_stop_names_the_step_and_the_way_out(grad):
+    t = _training(_Poisoned({1}, grad=grad))
+    what = "gradients became nan" if grad else "training loss became nan"
+    with pytest.raises(TrainingError, match=rf"{what}.* at step 1; .*train.on_nonfinite=skip"):
+        t.step({"x": torch.ones(2)})
+
+
+def test_too_many_skipped_steps_in_a_row_stop_the_run():
+    t = _training(_Poisoned(set(range(1, 100))), on_nonfinite="skip", max_skipped_in_a_row=3)
+    t.step({"x": torch.ones(2)})
+    t.step({"x": torch.ones(2)})
+    with pytest.raises(TrainingError, match=r"at step 3, the 3th step in a row skipped .*diverging"):
+        t.step({"x": torch.ones(2)})
+
+
+def test_a_nan_injected_into_a_real_run_is_skipped_and_counted(tiny_config, monkeypatch):
+    """End to end: the third training step of a tiny BERT run gets a NaN loss; with on_nonfinite: skip the run
+    finishes and its metrics.json counts the skipped step."""
+    from tunelab.api import train
+    original, calls = torch.nn.functional.cross_entropy, []
+
+    def poisoned(*args, **kwargs):
+        loss = original(*args, **kwargs)
+        if torch.is_grad_enabled():  # a training step (evaluation runs without gradients)
+            calls.append(1)
+            if len(calls) == 3:
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", poisoned)
+    metrics = train(load_config(tiny_config("full"), ["train.on_nonfinite=skip", "train.epochs=1"]),
+                    log=lambda _: None)
+    assert len(calls) > 3 and metrics["skipped_steps"] == 1
+    with pytest.raises(TrainingError, match="training loss became nan at step 3"):
+        calls.clear()
+        train(load_config(tiny_config("full"), ["train.epochs=1", "name=stops"]), log=lambda _: None)

@@ -114,7 +114,7 @@ def train(training: Training, batches: Batches, evaluate: Callable[[], dict[str,
             if every and done % every == 0 and done < steps_per_epoch:
                 log(f"epoch {epoch + 1}/{cfg.epochs}: step {done}/{steps_per_epoch}, loss {loss:.4f}, "
                     f"{(time.time() - started) / (done - skip):.2f} s/step")
-            if state.step % cfg.log_every == 0:
+            if state.step % cfg.log_every == 0 and t.since_log:  # (every step since the last record skipped: none)
                 t.record_loss(state.step / steps_per_epoch)
             if checkpoint and checkpoint.every and state.step % checkpoint.every == 0 and done < steps_per_epoch:
                 checkpoint.save(t)

@@ -6,7 +6,9 @@ data (the position, the early-stopping state, the history), saved as JSON and ke
 """
 from __future__ import annotations
 
+import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +34,8 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_at_step: int | None = None  # set when the run continued from a checkpoint
     seconds_before_resume: float = 0.0  # training time spent before that, in the interrupted process(es)
+    skipped_steps: int = 0  # steps whose update was dropped for a non-finite loss or gradient (on_nonfinite: skip)
+    skipped_in_a_row: int = 0
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -88,20 +92,43 @@ class Training:
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with autocast(self.precision, self.device):
             loss = self.model(**batch).loss
-        if not torch.isfinite(loss):
-            raise TrainingError(f"the training loss became {float(loss.detach())} at step {self.state.step + 1}; "
-                                f"lower train.learning_rate (now {self.learning_rate:g}) or use "
-                                f"train.precision=fp32")
-        loss.backward()
-        if self.cfg.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
+        value = float(loss.detach())
+        problem = None if math.isfinite(value) else f"the training loss became {value}"
+        if problem is None:
+            loss.backward()
+            # The norm is computed even without clipping (max_norm inf scales by exactly 1): a finite loss can
+            # still give inf or NaN gradients (an overflow in the backward pass), which must not reach the weights.
+            norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm or math.inf)
+            if not math.isfinite(float(norm)):
+                problem = f"the gradients became {float(norm)} (loss {value:.4g})"
+        if problem is not None:
+            self._nonfinite(problem)
+            # The schedule still advances, so that it stays aligned with the step count (and with a resume);
+            # torch warns when that happens before any optimizer step, which is here intended.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()
+        else:
+            self.optimizer.step()
+            self.state.skipped_in_a_row = 0
+            self.running, self.since_log = self.running + value, self.since_log + 1
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
-        value = float(loss.detach())
-        self.running, self.since_log = self.running + value, self.since_log + 1
         return value
+
+    def _nonfinite(self, problem: str) -> None:
+        """A step whose update cannot be taken: stop, or (`on_nonfinite: skip`) drop it unless too many in a row."""
+        step = self.state.step + 1
+        if self.cfg.on_nonfinite == "stop":
+            raise TrainingError(f"{problem} at step {step}; lower train.learning_rate (now {self.learning_rate:g}), "
+                                f"use train.precision=fp32, or set train.on_nonfinite=skip to drop such steps")
+        self.state.skipped_steps += 1
+        self.state.skipped_in_a_row += 1
+        if self.state.skipped_in_a_row >= self.cfg.max_skipped_in_a_row:
+            raise TrainingError(f"{problem} at step {step}, the {self.state.skipped_in_a_row}th step in a row "
+                                f"skipped (train.max_skipped_in_a_row); the run is diverging: lower "
+                                f"train.learning_rate (now {self.learning_rate:g}) or use train.precision=fp32")
 
     def seconds(self) -> float:
         """Training time so far, including that of the process(es) a resume continued."""
