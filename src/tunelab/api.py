@@ -48,7 +48,7 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | N
 def _train(cfg: RunConfig, task, splits: Splits, folder: Path, overwrite: bool, resume: bool,
            log: Callable[[str], None]) -> dict[str, Any]:
     checkpoint = Checkpoint(folder, cfg.to_dict(), cfg.train.checkpoint_every,
-                            resolve=lambda saved: load_config(saved).to_dict())
+                            resolve=lambda saved: load_config(saved).to_dict(), keep=cfg.train.keep_checkpoints)
     if resume:
         checkpoint.check_resumable()
     elif checkpoint.exists():  # never start over silently on top of hours of someone's training

@@ -94,6 +94,9 @@ class TrainConfig:
                                    "`.NAME.checkpoint/` beside the run folder, so that `tunelab train ... --resume` "
                                    "continues an interrupted run exactly; it is removed when the run is written. "
                                    "0: no checkpoints.", non_negative)
+    keep_checkpoints: int = option(2, "Complete checkpoints kept: the newest as `.NAME.checkpoint/`, the ones before "
+                                   "it as `.NAME.checkpoint.1/` …; a resume whose newest is damaged (a truncated "
+                                   "file) falls back to the one before.", positive)
 
 
 def _level(v: float) -> str | None:
@@ -232,7 +235,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 # Keys (and blocks) that change how a run is carried out or compared, never what it learns: a run may be reused or
 # resumed across them.
-NO_EFFECT_ON_RESULTS = ("train.checkpoint_every", "compare", "tune")
+NO_EFFECT_ON_RESULTS = ("train.checkpoint_every", "train.keep_checkpoints", "compare", "tune")
 
 
 def differences(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -145,7 +145,10 @@ def test_checkpoints_are_plain_files(tiny_config, monkeypatch):
     # Before the first evaluation there are no best weights to keep; after it, they are saved too.
     _train_until_crash_at_step(monkeypatch, cfg, 11, resume=True)
     assert (folder / "best.safetensors").is_file()
-    assert not list(Path(cfg["output"]).glob(".plain.checkpoint.*")), "a temporary checkpoint folder was left"
+    left = sorted(p.name for p in Path(cfg["output"]).glob(".plain.checkpoint.*"))
+    assert left == [".plain.checkpoint.1"], "a temporary checkpoint folder was left"  # .1: the one before, kept
+    older = Path(cfg["output"]) / ".plain.checkpoint.1"
+    assert {p.suffix for p in older.iterdir()} <= {".json", ".safetensors", ".yaml"}
 
 
 def test_starting_over_on_a_checkpoint_is_refused(tiny_config, monkeypatch):
@@ -172,3 +175,119 @@ def test_checkpoint_every_0_writes_none(tiny_config, monkeypatch):
     cfg = _config(tiny_config, "lora", "none", checkpoint_every=0)
     _train_until_crash_at_step(monkeypatch, cfg, 14)
     assert not list(Path(cfg["output"]).iterdir())
+
+
+# --- damaged checkpoints, the last K kept, a full disk --------------------------------------------------------
+
+@pytest.mark.parametrize("damage", ["truncated weights", "missing optimizer state"])
+def test_a_damaged_newest_checkpoint_is_named_and_the_one_before_resumes_exactly(tiny_config, monkeypatch, damage):
+    straight = train(_config(tiny_config, "full", "straight"), log=lambda _: None)
+    cfg = _config(tiny_config, "full", "damaged")
+    _train_until_crash_at_step(monkeypatch, cfg, 14)  # checkpoints at steps 4, 8, 9 and 12: 12 and 9 are kept
+    runs = Path(cfg["output"])
+    newest, before = runs / ".damaged.checkpoint", runs / ".damaged.checkpoint.1"
+    assert json.loads((before / "trainer_state.json").read_text())["train"]["step"] == 9
+    assert not (runs / ".damaged.checkpoint.2").exists()
+    if damage == "truncated weights":
+        weights = newest / "weights.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+        named = "weights.safetensors: "
+    else:
+        (newest / "state.safetensors").unlink()
+        named = "state.safetensors: missing"
+    logs: list[str] = []
+    resumed = train(cfg, resume=True, log=logs.append)
+    assert any(f"the checkpoint in {newest} is damaged ({named}" in line and "using the one before it" in line
+               for line in logs), logs
+    assert "resumed from the checkpoint at step 9 of 27 (epoch 2)" in logs
+    a, b = _weights(runs / "straight"), _weights(runs / "damaged")
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert resumed["test"] == straight["test"]
+    assert not list(runs.glob(".damaged.checkpoint*")), "checkpoints outlived the finished run"
+
+
+def test_when_every_checkpoint_is_damaged_the_error_names_each(tiny_config, monkeypatch):
+    cfg = _config(tiny_config, "lora", "ruined")
+    _train_until_crash_at_step(monkeypatch, cfg, 14)
+    runs = Path(cfg["output"])
+    for folder in (runs / ".ruined.checkpoint", runs / ".ruined.checkpoint.1"):
+        (folder / "weights.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(TunelabError, match=r"no checkpoint of ruined can be read: the checkpoint in .*\.ruined\."
+                                           r"checkpoint is damaged \(weights\.safetensors: .*\.ruined\.checkpoint\.1 "
+                                           r"is damaged .*delete .*\.ruined\.checkpoint\* to start over"):
+        train(cfg, resume=True, log=lambda _: None)
+
+
+def test_keep_checkpoints_sets_how_many_complete_ones_stay(tiny_config, monkeypatch):
+    cfg = _config(tiny_config, "lora", "three", keep_checkpoints=3)
+    _train_until_crash_at_step(monkeypatch, cfg, 14)
+    runs = Path(cfg["output"])
+    steps = [json.loads((runs / name / "trainer_state.json").read_text())["train"]["step"]
+             for name in (".three.checkpoint", ".three.checkpoint.1", ".three.checkpoint.2")]
+    assert steps == [12, 9, 8] and not (runs / ".three.checkpoint.3").exists()
+    cfg["train"]["keep_checkpoints"] = 1  # does not change the results: the resume is allowed, and prunes
+    _train_until_crash_at_step(monkeypatch, cfg, 6, resume=True)  # one more checkpoint, at step 16
+    assert sorted(p.name for p in runs.iterdir() if p.name.startswith(".three")) == [".three.checkpoint"]
+
+
+def test_a_full_disk_while_saving_keeps_the_last_checkpoint_and_ends_with_one_line(tiny_config, monkeypatch):
+    import errno
+
+    from tunelab.training.checkpoint import Checkpoint
+    real, calls = Checkpoint._write, {"n": 0}
+
+    def write_until_full(self, t, tmp):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second save (step 8) runs out of space half-way
+            tmp.mkdir(parents=True, exist_ok=True)
+            (tmp / "weights.safetensors").write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, t, tmp)
+
+    cfg = _config(tiny_config, "lora", "full-disk")
+    monkeypatch.setattr(Checkpoint, "_write", write_until_full)
+    with pytest.raises(TunelabError, match=r"the disk holding .* is full: the checkpoint at step 8 could not be "
+                                           r"written \(the checkpoint at step 4 of 27, saved .* is kept\); free some "
+                                           r"space, then run the same command with --resume"):
+        train(cfg, log=lambda _: None)
+    runs = Path(cfg["output"])
+    assert sorted(p.name for p in runs.iterdir()) == [".full-disk.checkpoint"]  # no partial folder of any kind
+    monkeypatch.setattr(Checkpoint, "_write", real)
+    resumed = train(cfg, resume=True, log=lambda _: None)
+    assert resumed["resumed_at_step"] == 4
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_signal_saves_at_the_step_it_came_in_and_the_resume_is_exact(tiny_config, monkeypatch, signum):
+    """Ctrl-C or `kill` (SIGTERM) during step 14: the step finishes, a checkpoint is saved at step 14 (the last
+    periodic one was at 12), the run stops with KeyboardInterrupt / Terminated, and --resume ends exactly as an
+    uninterrupted run."""
+    import os
+    import signal
+
+    from tunelab.errors import Terminated
+    straight = train(_config(tiny_config, "full", "straight"), log=lambda _: None)
+    cfg = _config(tiny_config, "full", "signalled")
+    real, calls = torch.optim.AdamW.step, {"n": 0}
+
+    def step_then_signal(self, *args, **kwargs):
+        calls["n"] += 1
+        out = real(self, *args, **kwargs)
+        if calls["n"] == 14:
+            os.kill(os.getpid(), getattr(signal, signum))  # arrives inside the step
+        return out
+
+    with monkeypatch.context() as m:
+        m.setattr(torch.optim.AdamW, "step", step_then_signal)
+        with pytest.raises(Terminated if signum == "SIGTERM" else KeyboardInterrupt):
+            train(cfg, log=lambda _: None)
+    runs = Path(cfg["output"])
+    assert json.loads((runs / ".signalled.checkpoint" / "trainer_state.json").read_text())["train"]["step"] == 14
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
+    logs: list[str] = []
+    resumed = train(cfg, resume=True, log=logs.append)
+    assert "resumed from the checkpoint at step 14 of 27 (epoch 2)" in logs
+    a, b = _weights(runs / "straight"), _weights(runs / "signalled")
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert _history(runs / "straight") == _history(runs / "signalled")
+    assert resumed["test"] == straight["test"]

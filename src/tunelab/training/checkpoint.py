@@ -2,13 +2,16 @@
 
 A checkpoint holds what the loop needs to go on as if it had never stopped: the trainable weights, the optimizer
 and scheduler states, the RNG states (dropout and data order), the position in the epoch, the running loss, the
-early-stopping state and the best weights so far. It lives beside the run's folder as `.NAME.checkpoint/`, is
-written under a temporary name and renamed when complete (a kill while saving leaves the previous one), and is
-removed once the run's folder is written. Plain files only, as the rest of a run: tensors in safetensors, the
-rest in JSON; nothing is unpickled on resume.
+early-stopping state and the best weights so far. The newest lives beside the run's folder as `.NAME.checkpoint/`,
+the ones before it as `.NAME.checkpoint.1/`, `.2/` … (`train.keep_checkpoints` complete ones in all). Each is
+written under a temporary name and renamed when complete, so a kill while saving leaves the previous ones; a resume
+takes the newest that reads whole, and says which file of a damaged one failed. All are removed once the run's
+folder is written. Plain files only, as the rest of a run: tensors in safetensors, the rest in JSON; nothing is
+unpickled on resume.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -40,31 +43,55 @@ class Checkpoint:
     written, at their defaults: `settings.load_config`), so that only real changes stop a resume."""
 
     def __init__(self, run_folder: Path, config: dict[str, Any], every: int,
-                 resolve: Callable[[dict[str, Any]], dict[str, Any]] | None = None):
+                 resolve: Callable[[dict[str, Any]], dict[str, Any]] | None = None, keep: int = 2):
         self.folder = checkpoint_folder(run_folder)
         self.config = config
         self.resolve = resolve
         self.every = every  # steps between mid-epoch checkpoints; 0: none at all
+        self.keep = keep  # complete checkpoints kept: the newest and keep - 1 before it
         self.best_step: int | None = None  # the step whose best weights the saved checkpoint holds
         old = self.folder.with_name(self.folder.name + ".old")
-        if old.is_dir() and not self.folder.exists():  # killed between the two renames of `save`
+        if old.is_dir() and not self.folder.exists():  # killed between the renames of an older tunelab's `save`
             old.rename(self.folder)
 
+    def _older(self, i: int) -> Path:
+        return self.folder.with_name(f"{self.folder.name}.{i}")
+
+    def candidates(self) -> list[Path]:
+        """The checkpoints on disk that were written whole, newest first."""
+        numbered = sorted((int(p.name.rsplit(".", 1)[1]), p) for p in self.folder.parent.glob(f"{self.folder.name}.*")
+                          if p.name.rsplit(".", 1)[1].isdigit())
+        return [p for p in [self.folder, *(p for _, p in numbered)] if (p / STATE).is_file()]
+
     def exists(self) -> bool:
-        return (self.folder / STATE).is_file()
+        return bool(self.candidates())
 
     def summary(self) -> str:
         """For messages: 'step 120 of 642, saved 2026-11-29 19:40'."""
-        state = json.loads((self.folder / STATE).read_text())
-        saved = time.strftime("%Y-%m-%d %H:%M", time.localtime(state["saved_at"]))
-        return f"step {state['train']['step']} of {state['total_steps']}, saved {saved}"
+        for folder in self.candidates():
+            try:
+                state = json.loads((folder / STATE).read_text())
+                saved = time.strftime("%Y-%m-%d %H:%M", time.localtime(state["saved_at"]))
+                return f"step {state['train']['step']} of {state['total_steps']}, saved {saved}"
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return "unreadable"
 
     def check_resumable(self) -> None:
         """The checkpoint exists and was written by this very config; anything else is a one-line error."""
         if not self.exists():
             raise TunelabError(f"nothing to resume: {self.folder} holds no checkpoint (a run writes one every "
                                f"train.checkpoint_every steps and at each epoch's end); drop --resume to start")
-        saved = yaml.safe_load((self.folder / CONFIG).read_text())
+        saved = None
+        for folder in self.candidates():
+            try:
+                saved = yaml.safe_load((folder / CONFIG).read_text())
+                break
+            except (OSError, yaml.YAMLError):
+                continue
+        if saved is None:
+            raise TunelabError(f"cannot resume {self.folder}: no checkpoint's {CONFIG} can be read; delete "
+                               f"{self.folder}* to start over")
         if self.resolve:
             try:
                 saved = self.resolve(saved)
@@ -76,9 +103,35 @@ class Checkpoint:
                                f"({'; '.join(changed[:3])}); restore those keys, or delete that folder to start over")
 
     def save(self, t: Training) -> None:
-        """Write `t` (the whole of a run's training) as the checkpoint, replacing the previous one only once the
-        new one is complete."""
+        """Write `t` (the whole of a run's training) as the newest checkpoint; the older ones move down a place
+        only once it is complete, and the oldest beyond `keep` goes. A full disk ends with one clear line and
+        leaves the checkpoints that were there."""
         tmp = self.folder.with_name(self.folder.name + ".partial")
+        try:
+            self._write(t, tmp)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if e.errno != errno.ENOSPC:
+                raise
+            kept = f"the checkpoint at {self.summary()} is kept" if self.exists() else "no checkpoint was kept"
+            raise TunelabError(f"the disk holding {self.folder.parent} is full: the checkpoint at step "
+                               f"{t.state.step} could not be written ({kept}); free some space, then run the same "
+                               f"command with --resume") from None
+        # Rotate: newest → .1 → .2 …; a kill between two renames leaves every complete one under some name, and
+        # `candidates` takes the newest of them.
+        for i in range(max(self.keep - 1, 1), 0, -1):
+            source = self.folder if i == 1 else self._older(i - 1)
+            if source.exists():
+                shutil.rmtree(self._older(i), ignore_errors=True)
+                source.rename(self._older(i))
+        tmp.rename(self.folder)
+        for p in self.folder.parent.glob(f"{self.folder.name}.*"):  # beyond `keep` (with keep 1: the previous)
+            number = p.name.rsplit(".", 1)[1]
+            if number.isdigit() and int(number) >= self.keep:
+                shutil.rmtree(p, ignore_errors=True)
+        self.best_step = t.state.best_step
+
+    def _write(self, t: Training, tmp: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file({n: p.detach().cpu().contiguous() for n, p in t.model.named_parameters() if p.requires_grad},
@@ -103,26 +156,29 @@ class Checkpoint:
                  "train": asdict(t.state), "batches_done": t.batches_done, "running": [t.running, t.since_log],
                  "total_steps": t.total_steps, "seconds": t.seconds(), "saved_at": time.time()}
         save_file(tensors, tmp / TENSORS)
-        (tmp / STATE).write_text(json.dumps(state))
         (tmp / CONFIG).write_text(yaml.safe_dump(self.config, sort_keys=False, allow_unicode=True))
-        # Swap in the new checkpoint; a kill between the two renames leaves `.old`, which `__init__` puts back.
-        old = self.folder.with_name(self.folder.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if self.folder.exists():
-            self.folder.rename(old)
-        tmp.rename(self.folder)
-        shutil.rmtree(old, ignore_errors=True)
-        self.best_step = t.state.best_step
+        (tmp / STATE).write_text(json.dumps(state))  # last: its presence marks a checkpoint written whole
 
-    def load(self, t: Training) -> None:
-        """Restore `t` as it was saved: weights, optimizer, scheduler, RNG states, position and state."""
-        weights = load_file(self.folder / WEIGHTS)
+    def load(self, t: Training) -> list[str]:
+        """Restore `t` from the newest checkpoint that reads whole: weights, optimizer, scheduler, RNG states,
+        position and state. Returns what was passed over (a damaged checkpoint, the file that failed), for the log."""
+        passed_over = []
+        for folder in self.candidates():
+            try:
+                files = _read(folder)
+            except _Damaged as e:
+                passed_over.append(f"the checkpoint in {folder} is damaged ({e}); using the one before it")
+                continue
+            self._apply(t, *files)
+            return passed_over
+        raise TunelabError(f"no checkpoint of {self.folder.name[1:-len('.checkpoint')]} can be read: "
+                           + "; ".join(passed_over) + f"; delete {self.folder}* to start over")
+
+    def _apply(self, t: Training, weights, tensors, state, best) -> None:
         params = dict(t.model.named_parameters())
         with torch.no_grad():
             for name, value in weights.items():
                 params[name].copy_(value)
-        tensors = load_file(self.folder / TENSORS)
-        state = json.loads((self.folder / STATE).read_text())
         t.optimizer.load_state_dict(_join(state["optimizer"], tensors))
         t.scheduler.load_state_dict(_join(state["scheduler"], tensors))
         torch.set_rng_state(tensors["rng.torch"])
@@ -132,8 +188,8 @@ class Checkpoint:
             if cuda:
                 torch.cuda.set_rng_state_all(cuda)
         t.epoch_rng = tensors["rng.epoch_start"]
-        if (self.folder / BEST).is_file():
-            t.best_weights = {n: w.to(t.device) for n, w in load_file(self.folder / BEST).items()}
+        if best is not None:
+            t.best_weights = {n: w.to(t.device) for n, w in best.items()}
         t.state = TrainState(**state["train"])
         t.state.resumed_at_step = t.state.step
         t.state.seconds_before_resume = state["seconds"]
@@ -143,6 +199,40 @@ class Checkpoint:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+        for p in self.folder.parent.glob(f"{self.folder.name}.*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+class _Damaged(Exception):
+    """A checkpoint file that cannot be read whole; the message names it."""
+
+
+def _read(folder: Path) -> tuple[dict, dict, dict, dict | None]:
+    """Every file of a checkpoint, read before anything is restored: a damaged one must not leave a half-restored
+    training behind."""
+    def safetensors(name: str) -> dict[str, torch.Tensor]:
+        try:
+            return load_file(folder / name)
+        except Exception as e:  # safetensors raises its own error type for a truncated or corrupt file
+            raise _Damaged(f"{name}: {_reason(e)}") from None
+
+    try:
+        state = json.loads((folder / STATE).read_text())
+        state["train"], state["seconds"], state["running"], state["batches_done"]  # noqa: B018  (present?)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise _Damaged(f"{STATE}: {_reason(e)}") from None
+    weights, tensors = safetensors(WEIGHTS), safetensors(TENSORS)
+    missing = [k for k in ("rng.torch", "rng.shuffle", "rng.epoch_start") if k not in tensors]
+    if missing:
+        raise _Damaged(f"{TENSORS}: {', '.join(missing)} missing")
+    best = safetensors(BEST) if (folder / BEST).is_file() else None
+    return weights, tensors, state, best
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, FileNotFoundError):
+        return "missing"
+    return str(e).splitlines()[0][:200] or type(e).__name__
 
 
 def _split(obj: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
