@@ -119,7 +119,8 @@ def test_a_terminated_run_leaves_no_partial_folder_and_keeps_its_checkpoint(tiny
     assert err.strip().splitlines()[-1] == "terminated; no half-written output was left"
     assert re.search(r"the checkpoint at step \d+ of 4500, saved .* stays in .*\.long\.checkpoint: the same "
                      r"command with --resume continues from there", out), out
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [".long.checkpoint"]
+    # The checkpoint saved at the step the signal came in, and the epoch's one before it; nothing partial, no lock.
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [".long.checkpoint", ".long.checkpoint.1"]
 
 
 def test_a_killed_run_resumes_exactly(tiny_config, tmp_path, capsys):
@@ -155,3 +156,22 @@ def test_a_killed_run_resumes_exactly(tiny_config, tmp_path, capsys):
     b = load_file(tmp_path / "runs" / "killed" / "model" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["killed", "straight"]
+
+
+def test_a_full_disk_while_writing_the_run_folder_is_one_line_and_leaves_no_partial_folder(tiny_config, tmp_path,
+                                                                                           monkeypatch, capsys):
+    import errno
+
+    from tunelab.runs import RunWriter
+
+    def full(self, name, rows):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.path(name)))
+
+    monkeypatch.setattr(RunWriter, "jsonl", full)
+    config = _write_config(tmp_path, tiny_config("lora"))
+    assert main(["train", config, "name=nospace"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the disk is full (") and "--resume" in err[0]
+    left = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    # The epochs' checkpoints are kept (the newest and the one before); no run, partial folder or lock.
+    assert left == [".nospace.checkpoint", ".nospace.checkpoint.1"]

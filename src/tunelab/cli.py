@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import signal
 import sys
 import threading
 
-from .errors import TunelabError
+from .errors import Terminated, TunelabError
 
 EXAMPLES = """examples:
   tunelab train configs/sentiment/lora.yaml
@@ -127,10 +128,18 @@ def main(argv: list[str] | None = None) -> int:
     except TunelabError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        # The run's partial folder is gone already (its writer cleans up on any error); checkpoints stay.
+        print(f"error: the disk is full ({e.filename or 'while writing'}): nothing half-written was left; free "
+              f"some space, then run the same command again (with --resume where a checkpoint was kept)",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; no half-written output was left", file=sys.stderr)
         return 130
-    except _Terminated:
+    except Terminated:
         print("terminated; no half-written output was left", file=sys.stderr)
         return 143
     finally:
@@ -138,12 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
-class _Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that every `finally` and `except BaseException` cleanup runs."""
-
-
 def _terminated(signum, frame) -> None:
-    raise _Terminated()
+    raise Terminated()
 
 
 def _train(args) -> None:

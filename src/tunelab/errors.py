@@ -27,3 +27,9 @@ class DataError(TunelabError):
 
 class TrainingError(TunelabError):
     """Training cannot go on (for example the loss became NaN)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM (`kill`, a job scheduler, a CI timeout), raised in the main thread so that every `finally` and
+    `except BaseException` cleanup runs, as Ctrl-C's KeyboardInterrupt does. A BaseException, as that one is:
+    nothing that catches errors should swallow it."""

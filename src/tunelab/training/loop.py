@@ -3,7 +3,7 @@
 Our own loop rather than the Hugging Face `Trainer`: it is ~150 lines that read top to bottom,
 it pads each batch to its own length, and every piece of state that an exact resume needs
 (optimizer, scheduler, RNG, position, early-stopping state) is in one object, `Training`
-(`state.py`), which goes into the checkpoint (`checkpoint.py`). `bench/train_speed.py` measures it against
+(`state.py`), which goes into the checkpoint (`checkpoint.py`). `bench/speed.py` measures it against
 `Trainer` on the same model.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .batches import Batches
 from .checkpoint import Checkpoint
+from .interrupt import deferred_stop, stop_for
 from .precision import autocast
 from .state import Training, TrainState
 
@@ -84,71 +85,86 @@ def train(training: Training, batches: Batches, evaluate: Callable[[], dict[str,
     t, cfg, state = training, training.cfg, training.state
     steps_per_epoch = batches.n_batches(cfg.batch_size)
     if resume:
-        checkpoint.load(t)
+        for note in checkpoint.load(t):
+            log(note)
         state = t.state
         finished = state.stopped_early or state.epoch == cfg.epochs
         log(f"resumed from the checkpoint at step {state.step} of {t.total_steps} "
             + ("(training had finished)" if finished else f"(epoch {state.epoch + 1})"))
     t.started = time.time()
 
-    for epoch in range(state.epoch, 0 if state.stopped_early else cfg.epochs):
-        t.model.train()
-        skip = t.batches_done
-        if skip:  # mid-epoch: the same order as before the interruption, less the batches already trained
-            t.shuffle.set_state(t.epoch_rng)
-        else:
-            t.epoch_rng = t.shuffle.get_state()
-        # A live bar on a terminal only: in logs and CI it would be thousands of carriage returns.
-        bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   unit="step", disable=not sys.stderr.isatty())
-        # Without the bar (a log file, nohup, CI), a line at each fifth of an epoch says the run is alive.
-        every, started = (max(1, steps_per_epoch // 5) if bar.disable else 0), time.time()
-        reports = {steps_per_epoch * k // first_epoch_reports: k / first_epoch_reports
-                   for k in range(1, first_epoch_reports)} if epoch == 0 and on_evaluation else {}
-        for batch in batches.iterate(cfg.batch_size, t.shuffle, cfg.group_by_length, skip=skip):
-            loss = t.step(batch)
-            t.batches_done += 1
-            done = t.batches_done
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
-            if every and done % every == 0 and done < steps_per_epoch:
-                log(f"epoch {epoch + 1}/{cfg.epochs}: step {done}/{steps_per_epoch}, loss {loss:.4f}, "
-                    f"{(time.time() - started) / (done - skip):.2f} s/step")
-            if state.step % cfg.log_every == 0 and t.since_log:  # (every step since the last record skipped: none)
-                t.record_loss(state.step / steps_per_epoch)
-            if checkpoint and checkpoint.every and state.step % checkpoint.every == 0 and done < steps_per_epoch:
-                checkpoint.save(t)
-            if done in reports and done < steps_per_epoch:
-                on_evaluation(reports[done], evaluate()[metric])
-                t.model.train()  # evaluate() left the model in eval mode
-        bar.close()
-        t.batches_done = 0
-        state.epoch = epoch + 1
-        if t.since_log:  # the epoch's last steps (all of a run shorter than log_every): its curve must not be empty
-            t.record_loss(state.epoch)
+    with deferred_stop() as asked:  # Ctrl-C / SIGTERM: finish the step, save there, then stop
 
-        scores = evaluate()
-        value = scores[metric]
-        state.history.append({"step": state.step, "epoch": state.epoch, "time": time.time(),
-                              **{f"validation_{k}": v for k, v in scores.items()}})
-        improved = better(metric, value, state.best_value)
-        log(f"epoch {state.epoch}/{cfg.epochs}: validation loss {scores['loss']:.4f}, {metric} {value:.4f}"
-            + ("  (best so far)" if improved else ""))
-        if improved:
-            state.best_value, state.best_epoch, state.evals_without_improvement = value, state.epoch, 0
-            state.best_step = state.step
-            t.keep_best()
-        else:
-            state.evals_without_improvement += 1
-            if cfg.early_stopping.patience and state.evals_without_improvement >= cfg.early_stopping.patience:
-                state.stopped_early = True
-                log(f"early stopping: no {metric} improvement for {cfg.early_stopping.patience} evaluation(s)")
-        if checkpoint and checkpoint.every:  # after the evaluation: a crash while testing resumes with no training
-            checkpoint.save(t)
-        if on_evaluation:
-            on_evaluation(float(state.epoch), value)
-        if state.stopped_early:
-            break
+        def stop_if_asked(saved: bool) -> None:
+            signum = asked()
+            if signum is None:
+                return
+            if checkpoint and checkpoint.every and not saved:
+                checkpoint.save(t)
+            raise stop_for(signum)
+
+        for epoch in range(state.epoch, 0 if state.stopped_early else cfg.epochs):
+            t.model.train()
+            skip = t.batches_done
+            if skip:  # mid-epoch: the same order as before the interruption, less the batches already trained
+                t.shuffle.set_state(t.epoch_rng)
+            else:
+                t.epoch_rng = t.shuffle.get_state()
+            # A live bar on a terminal only: in logs and CI it would be thousands of carriage returns.
+            bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                       unit="step", disable=not sys.stderr.isatty())
+            # Without the bar (a log file, nohup, CI), a line at each fifth of an epoch says the run is alive.
+            every, started = (max(1, steps_per_epoch // 5) if bar.disable else 0), time.time()
+            reports = {steps_per_epoch * k // first_epoch_reports: k / first_epoch_reports
+                       for k in range(1, first_epoch_reports)} if epoch == 0 and on_evaluation else {}
+            for batch in batches.iterate(cfg.batch_size, t.shuffle, cfg.group_by_length, skip=skip):
+                loss = t.step(batch)
+                t.batches_done += 1
+                done = t.batches_done
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                if every and done % every == 0 and done < steps_per_epoch:
+                    log(f"epoch {epoch + 1}/{cfg.epochs}: step {done}/{steps_per_epoch}, loss {loss:.4f}, "
+                        f"{(time.time() - started) / (done - skip):.2f} s/step")
+                if state.step % cfg.log_every == 0 and t.since_log:  # (every step since the last record skipped: none)
+                    t.record_loss(state.step / steps_per_epoch)
+                saved = bool(checkpoint and checkpoint.every and state.step % checkpoint.every == 0
+                             and done < steps_per_epoch)
+                if saved:
+                    checkpoint.save(t)
+                stop_if_asked(saved)
+                if done in reports and done < steps_per_epoch:
+                    on_evaluation(reports[done], evaluate()[metric])
+                    t.model.train()  # evaluate() left the model in eval mode
+            bar.close()
+            t.batches_done = 0
+            state.epoch = epoch + 1
+            if t.since_log:  # the epoch's last steps (all of a run shorter than log_every): its curve must not be empty
+                t.record_loss(state.epoch)
+
+            scores = evaluate()
+            value = scores[metric]
+            state.history.append({"step": state.step, "epoch": state.epoch, "time": time.time(),
+                                  **{f"validation_{k}": v for k, v in scores.items()}})
+            improved = better(metric, value, state.best_value)
+            log(f"epoch {state.epoch}/{cfg.epochs}: validation loss {scores['loss']:.4f}, {metric} {value:.4f}"
+                + ("  (best so far)" if improved else ""))
+            if improved:
+                state.best_value, state.best_epoch, state.evals_without_improvement = value, state.epoch, 0
+                state.best_step = state.step
+                t.keep_best()
+            else:
+                state.evals_without_improvement += 1
+                if cfg.early_stopping.patience and state.evals_without_improvement >= cfg.early_stopping.patience:
+                    state.stopped_early = True
+                    log(f"early stopping: no {metric} improvement for {cfg.early_stopping.patience} evaluation(s)")
+            if checkpoint and checkpoint.every:  # after the evaluation: a crash while testing resumes with no training
+                checkpoint.save(t)
+            stop_if_asked(saved=True)
+            if on_evaluation:
+                on_evaluation(float(state.epoch), value)
+            if state.stopped_early:
+                break
 
     t.restore_best()
     if state.best_epoch != state.epoch:
