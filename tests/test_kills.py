@@ -1,0 +1,115 @@
+"""Real kills: `tunelab train` as a subprocess, killed with SIGKILL at moments drawn at random (seeded) — in
+steps, evaluations, and inside checkpoint writes — and resumed after each. The finished run must be bit for bit the
+uninterrupted one, and every resume must start from the newest checkpoint that was written whole.
+
+On a tiny model a step takes milliseconds, so the child process stretches time where kills should be able to land:
+0.1 s before each optimizer update, 0.3 s after each file a checkpoint writes (`SLOW_CHILD`, in the test only)."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file
+
+# One thread and deterministic kernels: the same steps give the same bits in every process.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+KILLS = 10
+
+
+SLOW_CHILD = """
+import sys, time, torch
+import tunelab.training.checkpoint as checkpoint
+step, save = torch.optim.AdamW.step, checkpoint.save_file
+torch.optim.AdamW.step = lambda self, *a, **k: (time.sleep(0.1), step(self, *a, **k))[1]
+checkpoint.save_file = lambda *a, **k: (save(*a, **k), time.sleep(0.3))[0]
+from tunelab.cli import main
+sys.exit(main(["train", *sys.argv[1:]]))
+"""
+
+
+def _command(config: Path, *extra: str, slow: bool = False) -> list[str]:
+    if slow:
+        return [sys.executable, "-c", SLOW_CHILD, str(config), *extra]
+    return [sys.executable, "-m", "tunelab.cli", "train", str(config), *extra]
+
+
+def _newest_complete_step(runs: Path, name: str) -> int | None:
+    state = runs / f".{name}.checkpoint" / "trainer_state.json"
+    if state.is_file():
+        return json.loads(state.read_text())["train"]["step"]
+    older = sorted(runs.glob(f".{name}.checkpoint.[0-9]*/trainer_state.json"))
+    return json.loads(older[0].read_text())["train"]["step"] if older else None
+
+
+def _mark(folder: Path) -> tuple[int, int] | None:
+    """Which partial checkpoint folder is there (inode, last change), if any."""
+    try:
+        stat = folder.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return {k: v for f in sorted((run / "model").glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+def _history(run: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "time"}
+            for line in (run / "history.jsonl").read_text().splitlines()]
+
+
+def test_sigkill_at_ten_random_moments_then_resume_ends_as_the_uninterrupted_run(tiny_config, tmp_path):
+    cfg = tiny_config("full")
+    cfg["train"].update(epochs=3, checkpoint_every=2, log_every=2)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    runs = Path(cfg["output"])
+    straight = subprocess.run(_command(config, "name=straight"), env=ENV, capture_output=True, text=True,
+                              timeout=300)
+    assert straight.returncode == 0, straight.stderr
+
+    rng = random.Random(0)
+    landed: list[str] = []  # where each kill fell
+    resumed_from: list[tuple[int | None, str]] = []
+    while len(landed) < KILLS:
+        newest = _newest_complete_step(runs, "killed")
+        command = _command(config, "name=killed", *(["--resume"] if newest is not None else []), slow=True)
+        process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = process.stdout.readline()  # "run …": the config and data are read, the model loads next
+        assert first.startswith("run "), (first, process.stderr.read())
+        partial_before = _mark(runs / ".killed.checkpoint.partial")
+        time.sleep(rng.uniform(0.0, 2.0))
+        process.send_signal(signal.SIGKILL)
+        out, _ = process.communicate(timeout=60)
+        assert process.returncode == -signal.SIGKILL, "the run finished before it was killed often enough"
+        resumed = [line for line in out.splitlines() if line.startswith("resumed from the checkpoint at step ")]
+        if newest is not None and resumed:  # it got as far as resuming: from the newest complete checkpoint
+            resumed_from.append((newest, resumed[0]))
+        assert not any("is damaged" in line for line in out.splitlines()), out
+        partial = _mark(runs / ".killed.checkpoint.partial")  # a write this process began and did not finish
+        landed.append("in a checkpoint write" if partial is not None and partial != partial_before
+                      else "elsewhere (a step, an evaluation, loading)")
+
+    final = subprocess.run(_command(config, "name=killed", "--resume"), env=ENV, capture_output=True, text=True,
+                           timeout=300)
+    assert final.returncode == 0, final.stderr
+    assert landed.count("in a checkpoint write") >= 2 and len(set(landed)) == 2, landed
+    for step, line in resumed_from:
+        assert line.startswith(f"resumed from the checkpoint at step {step} of 27"), (step, line)
+    a, b = _weights(runs / "straight"), _weights(runs / "killed")
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    assert _history(runs / "straight") == _history(runs / "killed")
+    m1, m2 = (json.loads((runs / n / "metrics.json").read_text()) for n in ("straight", "killed"))
+    assert m1["test"] == m2["test"] and m1["validation"] == m2["validation"]
+    assert sorted(p.name for p in runs.iterdir()) == ["killed", "straight"]  # no checkpoint, partial or lock left
+    print(f"kills: {len(landed)}, {landed.count('in a checkpoint write')} inside a checkpoint write; "
+          f"resumes checked: {len(resumed_from)}")
