@@ -138,6 +138,17 @@ def load_tokenizer(folder: Path):
     return tokenizer
 
 
+def check_tokenizer(tokenizer, model, folder: Path) -> None:
+    """A tokenizer with more tokens than the model has embeddings belongs to another model: its ids would index
+    past the embedding table (an IndexError deep in the forward pass) or, worse, mean other words."""
+    embeddings = model.get_input_embeddings()
+    size = getattr(embeddings, "num_embeddings", None)
+    if size is not None and len(tokenizer) > size:
+        raise TunelabError(f"{folder}: the tokenizer has {len(tokenizer):,} tokens but the model only {size:,} "
+                           f"embeddings, so the tokenizer belongs to another model; put the model's own tokenizer "
+                           f"files in that folder")
+
+
 def load_model(auto_class, folder: Path, *, allow_unsafe: bool = False, dropout: float | None = None, **kwargs):
     """Load with `auto_class`; returns (model, names of modules the checkpoint did not provide)."""
     quiet_transformers()

@@ -56,6 +56,13 @@ def _read_csv(path: Path, text: str, delimiter: str) -> list[Row]:
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     if not reader.fieldnames or all(not f for f in reader.fieldnames):
         raise DataError(f"{path}: no header row; the first line must name the columns")
+    twice = sorted({f for f in reader.fieldnames if reader.fieldnames.count(f) > 1})
+    if twice:  # DictReader would keep the last of them silently
+        raise DataError(f"{path}: the header names column(s) {', '.join(map(repr, twice))} more than once; rename "
+                        f"them so that each column has its own name")
+    if delimiter == "," and len(reader.fieldnames) == 1 and "\t" in reader.fieldnames[0]:
+        raise DataError(f"{path}: the file looks tab-separated (its header is {reader.fieldnames[0]!r}); name it "
+                        f".tsv, or separate the columns with commas")
     rows = []
     try:
         start = reader.line_num + 1

@@ -164,6 +164,7 @@ class TrainedMethod(Method):
         model, self.newly_initialised = models.load_model(
             task.auto_class(), Path(folder or self.run.folder), allow_unsafe=cfg.allow_unsafe_weights,
             dropout=cfg.train.dropout, **task.model_kwargs(self.run.labels))
+        models.check_tokenizer(self.run.tokenizer, model, Path(folder or self.run.folder))
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self.run.tokenizer.pad_token_id  # decoders pool the last non-pad token
         task.bind(model)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -53,15 +54,35 @@ def _counts(v: list[int] | None) -> str | None:
     return None if v is None or all(k >= 0 for k in v) else "must be zero or more each"
 
 
+def _input_templates(templates: list[str]) -> str | None:
+    """Templates are filled by replacing their placeholders: a misspelt one would stay in the prompt as it is, and
+    one without {text} would never show the input."""
+    for template in templates:
+        names = set(re.findall(r"\{(\w+)\}", template))
+        unknown = sorted(names - {"text", "source", "description"})
+        if unknown:
+            return (f"name {{{unknown[0]}}} in {template!r}, which is not a placeholder; use {{text}} (or {{source}}) "
+                    f"and {{description}}")
+        if not names & {"text", "source"}:
+            return f"need {{text}} where the input goes, which {template!r} lacks"
+    return None
+
+
+def _label_templates(templates: list[str]) -> str | None:
+    missing = [t for t in templates if "{label}" not in t]
+    return f"need {{label}} where the label's words go, which {missing[0]!r} lacks" if missing else None
+
+
 @dataclass
 class PromptOptions:
     description: str = option("Classify the text.", "Task description: heads a decoder's prompt; available to "
                               "templates as {description}.")
     templates: list[str] = option(doc="Extra input templates with a {text} placeholder, tried with the built-in ones "
-                                  "(for generation: with `generation.template`; {source} works too).", factory=list)
+                                  "(for generation: with `generation.template`; {source} works too).",
+                                  check=_input_templates, factory=list)
     label_templates: list[str] = option(doc="Extra label templates with a {label} placeholder, tried with the "
                                         "built-in ones. Decoders score the words at {label}; what follows is only "
-                                        "shown in demonstrations.", factory=list)
+                                        "shown in demonstrations.", check=_label_templates, factory=list)
     verbalizers: dict[str, list[str]] = option(doc="Words that describe each label (label → words). Unset: the "
                                                "label's own name. Decoders try both.", factory=dict)
     shots: list[int] | None = option(None, "Demonstrations per class to try (0 = zero-shot; for generation: "
@@ -246,6 +267,7 @@ class PromptEngineering(Method):
             model, _ = models.load_model(AutoModelForCausalLM, run.folder, allow_unsafe=cfg.allow_unsafe_weights)
             model.to(device())
             precision = resolve(cfg.train.precision, device())
+        models.check_tokenizer(run.tokenizer, model, run.folder)
         task.bind(model)
         self.model = model.eval()
         self.attach(scorer_for(family, model, run.tokenizer, self.options, cfg.data.max_length,

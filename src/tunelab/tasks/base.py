@@ -179,6 +179,9 @@ def labelled_texts(rows: list[tuple[str, dict[str, Any]]], columns: dict[str, st
     out = []
     for origin, row in rows:
         text = row.get(text_col)
+        if isinstance(text, (list, dict)):  # JSON rows: a list or object where a text belongs
+            raise DataError(f"{origin}: column {text_col!r} holds a {type(text).__name__}, not a text; give one "
+                            f"string per row")
         if text is None or not str(text).strip():
             raise DataError(f"{origin}: empty text in column {text_col!r}; fill it in or remove the row")
         pair = None

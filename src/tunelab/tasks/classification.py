@@ -36,6 +36,11 @@ class ClassificationTask(Task):
 
     def label_set(self, examples: list[Example], declared: list[Any] | None, where: str) -> list[str]:
         found = sorted({e.label for e in examples})
+        fractions = [x for x in found if _is_fraction(x)]
+        if declared is None and fractions and all(_is_number(x) for x in found):
+            raise DataError(f"{where}: the labels are numbers with fractions ({', '.join(fractions[:3])}, …), which "
+                            f"classification would treat as {len(found)} unrelated classes; use task: regression "
+                            f"to predict the number, or give class names")
         if declared is None:
             if len(found) < 2:
                 raise DataError(f"{where}: every example has the label {found[0]!r}; classification needs at "
@@ -108,3 +113,15 @@ class ClassificationTask(Task):
             count = {"precision": matrix.sum(0), "recall": matrix.sum(1), "f1": (matrix.sum(0) + matrix.sum(1)) / 2}
             return float(np.divide(hits, count[metric], out=np.zeros(k), where=count[metric] > 0).mean())
         return statistic
+
+
+def _is_number(label: str) -> bool:
+    try:
+        float(label)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_fraction(label: str) -> bool:
+    return _is_number(label) and not float(label).is_integer()
