@@ -30,7 +30,7 @@ from .report import write_report
 from .report.table import shown_metrics, table_rows  # noqa: F401  (table_rows: part of this module's API)
 from .settings import load_config
 from .tasks import TASKS
-from .training.checkpoint import checkpoint_folder
+from .training.checkpoint import checkpoint_folder, complete_checkpoints
 from .tune import kept_folder, load_summary, with_params
 
 
@@ -205,7 +205,7 @@ def _run_method(method: str, cfg: RunConfig, folder: Path, overwrite: bool, log,
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump(wanted, sort_keys=False))
     command = [sys.executable, "-m", "tunelab.cli", "train", str(config_path)] + (["--overwrite"] if overwrite else [])
-    if checkpoint_folder(run).is_dir():  # the method was interrupted in an earlier comparison: go on from there
+    if complete_checkpoints(run):  # the method was interrupted in an earlier comparison: go on from there
         command.append("--resume")
         log(f"  resuming from its checkpoint in {checkpoint_folder(run)}")
     log_path = folder / "runs" / f"{run_name}.log"

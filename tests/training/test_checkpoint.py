@@ -292,3 +292,17 @@ def test_a_signal_saves_at_the_step_it_came_in_and_the_resume_is_exact(tiny_conf
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert _history(runs / "straight") == _history(runs / "signalled")
     assert resumed["test"] == straight["test"]
+
+
+def test_complete_checkpoints_finds_the_older_one_when_a_kill_left_only_it(tmp_path):
+    """`compare` asks this to decide on --resume: a kill between the renames of a save may leave only `.1`, and a
+    newest folder without its trainer_state.json was never written whole."""
+    from tunelab.training.checkpoint import complete_checkpoints
+    run = tmp_path / "runs" / "lora"
+    (tmp_path / "runs" / ".lora.checkpoint").mkdir(parents=True)  # begun, never finished
+    (tmp_path / "runs" / ".lora.checkpoint.partial").mkdir()
+    assert complete_checkpoints(run) == []
+    older = tmp_path / "runs" / ".lora.checkpoint.1"
+    older.mkdir()
+    (older / "trainer_state.json").write_text("{}")
+    assert complete_checkpoints(run) == [older]

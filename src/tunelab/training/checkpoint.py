@@ -36,6 +36,15 @@ def checkpoint_folder(run_folder: Path) -> Path:
     return run_folder.with_name(f".{run_folder.name}.checkpoint")
 
 
+def complete_checkpoints(run_folder: Path) -> list[Path]:
+    """The checkpoints of `run_folder` on disk that were written whole, newest first (`.NAME.checkpoint`, `.1`, …;
+    a kill between two renames of `save` may have left only the older ones)."""
+    newest = checkpoint_folder(run_folder)
+    numbered = sorted((int(p.name.rsplit(".", 1)[1]), p) for p in newest.parent.glob(f"{newest.name}.*")
+                      if p.name.rsplit(".", 1)[1].isdigit())
+    return [p for p in [newest, *(p for _, p in numbered)] if (p / STATE).is_file()]
+
+
 class Checkpoint:
     """The checkpoint of the run that will be written to `run_folder`, trained with `config` (a resolved dict).
 
@@ -59,9 +68,7 @@ class Checkpoint:
 
     def candidates(self) -> list[Path]:
         """The checkpoints on disk that were written whole, newest first."""
-        numbered = sorted((int(p.name.rsplit(".", 1)[1]), p) for p in self.folder.parent.glob(f"{self.folder.name}.*")
-                          if p.name.rsplit(".", 1)[1].isdigit())
-        return [p for p in [self.folder, *(p for _, p in numbered)] if (p / STATE).is_file()]
+        return complete_checkpoints(self.folder.with_name(self.folder.name[1:-len(".checkpoint")]))
 
     def exists(self) -> bool:
         return bool(self.candidates())
