@@ -1,6 +1,7 @@
 """Real kills: `tunelab train` as a subprocess, killed with SIGKILL at moments drawn at random (seeded) — in
 steps, evaluations, and inside checkpoint writes — and resumed after each. The finished run must be bit for bit the
-uninterrupted one, and every resume must start from the newest checkpoint that was written whole.
+uninterrupted one, and every resume must start from the newest checkpoint that was written whole. The same for
+`tunelab compare`, killed while one of its methods trains.
 
 On a tiny model a step takes milliseconds, so the child process stretches time where kills should be able to land:
 0.1 s before each optimizer update, 0.3 s after each file a checkpoint writes (`SLOW_CHILD`, in the test only)."""
@@ -115,3 +116,118 @@ def test_sigkill_at_ten_random_moments_then_resume_ends_as_the_uninterrupted_run
     assert sorted(p.name for p in runs.iterdir()) == ["killed", "straight"]  # no checkpoint, partial or lock left
     print(f"kills: {len(landed)}, {landed.count('in a checkpoint write')} inside a checkpoint write; "
           f"resumes checked: {len(resumed_from)}")
+
+
+# A comparison runs each method as a child `tunelab train`; every Python process of the test imports this first
+# (PYTHONPATH), so the children are slowed as SLOW_CHILD slows one.
+SLOW_SITE = """
+import os, time
+if os.environ.get("SLOW_TUNELAB"):
+    import torch
+    import tunelab.training.checkpoint as checkpoint
+    step, save = torch.optim.AdamW.step, checkpoint.save_file
+    torch.optim.AdamW.step = lambda self, *a, **k: (time.sleep(0.1), step(self, *a, **k))[1]
+    checkpoint.save_file = lambda *a, **k: (save(*a, **k), time.sleep(0.3))[0]
+"""
+
+
+def _compare(config: Path, output: Path, name: str, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tunelab.cli", "compare", str(config), "--methods", "lora,full",
+                             "--output", str(output), "--name", name], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _lock_holders(folder: Path) -> list[int]:
+    """The processes named in the comparison's and its runs' lock files that still live."""
+    from tunelab.runs import _alive
+    pids = []
+    for lock in [*folder.parent.glob(".*.lock"), *folder.glob("runs/.*.lock")]:
+        try:
+            pids.append(int(json.loads(lock.read_text())["pid"]))
+        except (OSError, ValueError, KeyError):
+            continue
+    return [p for p in pids if _alive(p)]
+
+
+def test_compare_killed_mid_method_resumes_to_the_uninterrupted_comparison(tiny_config, tmp_path):
+    cfg = tiny_config("full")
+    cfg["train"].update(epochs=2, checkpoint_every=2, log_every=2)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_SITE)
+    output = tmp_path / "cmp"
+    straight = _compare(config, output, "straight", ENV)
+    out, _ = straight.communicate(timeout=300)
+    assert straight.returncode == 0, out
+
+    env = {**ENV, "SLOW_TUNELAB": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(site),
+                                                                                    os.environ.get("PYTHONPATH")]))}
+    rng = random.Random(1)
+    landed, resumes = [], 0
+    while len(landed) < 4:
+        process = _compare(config, output, "killed", env)
+        method, target = None, "lora" if len(landed) < 2 else "full"  # two kills in each method
+        for line in process.stdout:  # wait until the target's training has begun, then kill the comparison in it
+            if line.startswith("["):
+                method = line.split()[-1]
+            resumes += line.strip().startswith("resuming from its checkpoint")
+            if method == target and line.strip().startswith(("epoch ", "resumed from the checkpoint")):
+                break
+        else:
+            raise AssertionError("the comparison finished before it was killed often enough")
+        time.sleep(rng.uniform(0.5, 4.0))
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=60)
+        landed.append(method)
+        # Its method's process dies with it, so no orphan trains on holding the run's lock.
+        deadline = time.time() + 10
+        while _lock_holders(output / "killed") and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _lock_holders(output / "killed"), "a killed comparison's method kept running"
+
+    final = _compare(config, output, "killed", ENV)
+    out, _ = final.communicate(timeout=300)
+    assert final.returncode == 0, out
+    resumes += out.count("resuming from its checkpoint")
+    assert resumes >= 2, (resumes, landed)
+    a, b = (json.loads((output / n / "comparison.json").read_text()) for n in ("straight", "killed"))
+    for row_a, row_b in zip(a["rows"], b["rows"], strict=True):
+        assert (row_a["method"], row_a["test"], row_a["validation"]) == (row_b["method"], row_b["test"],
+                                                                          row_b["validation"])
+    for method in ("lora", "full"):
+        runs_a, runs_b = output / "straight" / "runs" / method, output / "killed" / "runs" / method
+        wa, wb = _weights(runs_a), _weights(runs_b)
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[n], wb[n]) for n in wa), method
+        assert _history(runs_a) == _history(runs_b), method
+    assert sorted(p.name for p in (output / "killed" / "runs").iterdir() if p.name.startswith(".")) == []
+    assert sorted(p.name for p in output.iterdir()) == ["killed", "straight"]  # no lock left
+    print(f"comparison kills: {len(landed)} (in {', '.join(landed)}); resumes from a checkpoint: {resumes}")
+
+
+PARENT = """
+import subprocess, sys
+from tunelab.runs import child_environment
+child = subprocess.Popen([sys.executable, "-c", "from tunelab.runs import die_with_parent; die_with_parent(); "
+                          "import time; print('ready', flush=True); time.sleep(120)"],
+                         env=child_environment(), stdout=subprocess.PIPE, text=True)
+assert child.stdout.readline() == "ready\\n"
+print(child.pid, flush=True)
+child.wait()
+"""
+
+
+def test_a_process_a_comparison_starts_dies_with_it_even_on_sigkill():
+    """Without this, a method whose comparison was killed trains on until its next line of output fails, holding
+    its run's lock: minutes on a real model, and the resumed comparison would find the run locked."""
+    from tunelab.runs import _alive
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], env=ENV, stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    assert _alive(child)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=10)
+    deadline = time.time() + 5
+    while _alive(child) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)

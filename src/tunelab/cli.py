@@ -15,6 +15,7 @@ import sys
 import threading
 
 from .errors import Terminated, TunelabError
+from .runs import die_with_parent
 
 EXAMPLES = """examples:
   tunelab train configs/sentiment/lora.yaml
@@ -112,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the built-ins never need a hub; fail fast instead of waiting
+    die_with_parent()  # a comparison's method dies with the comparison, even when that is killed with SIGKILL
     parser = _parser()
     # Overrides may come after options too (`compare cfg.yaml --methods lora train.epochs=1`), which plain
     # argparse refuses once the positional list has ended.

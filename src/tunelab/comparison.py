@@ -8,7 +8,6 @@ repeated with the same config.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from .methods import METHODS
 from .measured import measure
 from .plan import base_dict, default_methods, method_config  # noqa: F401  (method_config: this module's API too)
 from .recommend import recommend_measured
-from .runs import RunLock, folder_problem
+from .runs import RunLock, child_environment, folder_problem
 from .report import write_report
 from .report.table import shown_metrics, table_rows  # noqa: F401  (table_rows: part of this module's API)
 from .settings import load_config
@@ -227,7 +226,7 @@ def _stream(command: list[str], log_path: Path, log) -> tuple[int, str, float]:
     started = time.time()
     with log_path.open("w") as log_file:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                   env=child_environment())
         last = ""
         try:
             for line in process.stdout:

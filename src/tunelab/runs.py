@@ -3,6 +3,7 @@ leaves a half-written run, and an existing run is never overwritten silently. Wh
 could not clean up (its temporary folder) is removed by the next run of the same name."""
 from __future__ import annotations
 
+import ctypes
 import glob
 import hashlib
 import json
@@ -10,7 +11,9 @@ import os
 import platform
 import re
 import shutil
+import signal
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -173,7 +176,35 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:  # someone else's process
         return True
-    return True
+    try:  # a zombie has exited; in a container whose first process reaps no orphans it stays one for good
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+PARENT_PID = "TUNELAB_PARENT_PID"
+
+
+def child_environment() -> dict[str, str]:
+    """The environment of a tunelab command that this process starts and waits for (one method of a
+    comparison, its search): the child dies with this process, see `die_with_parent`."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", PARENT_PID: str(os.getpid())}
+
+
+def die_with_parent() -> None:
+    """Makes this process end when the process that started it ends, even by SIGKILL, after which no cleanup of
+    the parent's runs: an orphaned method would train on, holding its run's lock, and the resumed comparison
+    would be refused. SIGKILL, not SIGTERM, so that the lock is free at once, not after a last checkpoint; the
+    method resumes from its newest complete checkpoint. Linux only (prctl); elsewhere a no-op."""
+    parent = os.environ.pop(PARENT_PID, "")
+    if not parent.isdigit() or not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # the parent died before the request above took effect
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _plain(value: Any) -> Any:

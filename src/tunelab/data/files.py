@@ -40,8 +40,34 @@ def read_rows(path: str | Path) -> list[Row]:
     return _read_json_lines(path, text)
 
 
+# No example needs more: a model reads a few thousand tokens of it at most. Longer lines are refused while the file
+# is read, before a 2 GB line (a file without newlines, a binary file renamed .csv) fills the memory.
+MAX_LINE_BYTES = 16 * 2**20
+LINE_FILES = (".csv", ".tsv", ".jsonl")  # a .json file may be one long line of a list: it is bounded by memory only
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, read in chunks; a CSV/TSV/JSON Lines line over MAX_LINE_BYTES stops the reading."""
+    if path.suffix.lower() not in LINE_FILES:
+        return path.read_bytes()
+    chunks, line, length = [], 1, 0  # length: bytes of the current line so far
+    with path.open("rb") as f:
+        # A chunk no longer than the limit holds no whole line over it: only the lines that span chunks can be.
+        while chunk := f.read(MAX_LINE_BYTES):
+            first = chunk.find(b"\n")
+            length += len(chunk) if first < 0 else first
+            if length > MAX_LINE_BYTES:
+                raise DataError(f"{path} line {line}: the line is longer than {MAX_LINE_BYTES // 2**20} MB (is it "
+                                f"a text file with one example per line?); split it, or shorten the text")
+            if first >= 0:
+                line += chunk.count(b"\n")
+                length = len(chunk) - chunk.rfind(b"\n") - 1
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _decode(path: Path) -> str:
-    raw = path.read_bytes()
+    raw = _read_bytes(path)
     if raw.startswith(codecs.BOM_UTF8):  # strip it first so that error offsets count from the text
         raw = raw[len(codecs.BOM_UTF8):]
     try:
@@ -53,6 +79,7 @@ def _decode(path: Path) -> str:
 
 
 def _read_csv(path: Path, text: str, delimiter: str) -> list[Row]:
+    csv.field_size_limit(MAX_LINE_BYTES)  # the module's default, 128 kB, would refuse a long article as "malformed"
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     if not reader.fieldnames or all(not f for f in reader.fieldnames):
         raise DataError(f"{path}: no header row; the first line must name the columns")
