@@ -249,3 +249,19 @@ def test_one_seed_shows_bootstrap_half_widths_and_paired_differences(tiny_config
     assert d["interval"][0] <= d["value"] <= d["interval"][1]
     cells = next(r for r in rows if r[0] == other["method"])
     assert f"{d['value']:+.4f} [" in " ".join(cells) and "±" in cells[2]
+
+
+def test_the_configs_output_governs_where_a_comparison_goes(tiny_config, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from tunelab.comparison import comparisons_folder
+    from tunelab.settings import load_config
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config("full", train__epochs=1)
+    cfg["output"] = str(tmp_path / "mine")
+    result = compare(cfg, ["full"], name="p", log=lambda _: None)  # no --output: the config's output
+    assert Path(result["folder"]) == tmp_path / "mine" / "p" and (tmp_path / "mine" / "p" / "report.html").is_file()
+    unset = {k: v for k, v in cfg.items() if k != "output"}
+    assert comparisons_folder(unset, unset) == "comparisons"
+    assert comparisons_folder(load_config(unset), {}) == "comparisons"  # a RunConfig at the default
+    assert comparisons_folder(load_config(cfg), {}) == str(tmp_path / "mine")

@@ -22,6 +22,7 @@ EXAMPLES = """examples:
   tunelab train configs/sentiment/lora.yaml method.name=full train.epochs=5
   tunelab eval runs/rotten_tomatoes-minilm-lora --data other.csv
   tunelab predict runs/rotten_tomatoes-minilm-lora --input in.jsonl --output out.jsonl
+  tunelab export runs/rotten_tomatoes-minilm-lora exported/sentiment --merge
 """
 
 
@@ -54,6 +55,17 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--output", required=True, help="JSON Lines file to write (never overwritten without --overwrite)")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
+    x = sub.add_parser("export", help="a trained run as a folder that plain transformers/peft load",
+                       description="Write a finished run as a folder that loads without tunelab: a PEFT adapter "
+                       "folder (LoRA/IA3), or with --merge a plain Hugging Face folder with the adapter merged; full "
+                       "runs as a plain folder; prompt runs as prompt.json. Labels, tokenizer, a base model name "
+                       "another machine can resolve, and a model card (README.md) go with it.")
+    x.add_argument("run", help="run folder (runs/NAME)")
+    x.add_argument("out", help="folder to write (never overwritten without --overwrite)")
+    x.add_argument("--merge", action="store_true", help="merge a LoRA/IA3 adapter into the base weights: a plain "
+                   "folder for AutoModelFor*.from_pretrained and pipeline()")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+
     c = sub.add_parser("compare", help="run several methods on the same splits; table, report and advice",
                        description="Train each method on the same splits with the same seed (one run folder each "
                        "under comparisons/NAME/runs/), write report.html and report.md, and recommend a method "
@@ -63,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--methods", help="comma-separated, e.g. prompt,lora,adapter,full (default: every method that "
                    "fits the task and model)")
     c.add_argument("--name", help="comparison folder name (default: <data>-<model>)")
-    c.add_argument("--output", default="comparisons", help="parent folder of comparisons (default: comparisons)")
+    c.add_argument("--output", help="parent folder of comparisons (default: the config's `output:` when it sets "
+                   "one, else comparisons)")
     c.add_argument("--overwrite", action="store_true", help="retrain runs whose config changed")
     c.add_argument("--max-minutes", type=float, help="budget: training time per method")
     c.add_argument("--max-memory", type=float, help="budget: peak memory per method, in MB")
@@ -170,6 +183,11 @@ def _predict(args) -> None:
     print(f"wrote {n} predictions to {args.output}")
 
 
+def _export(args) -> None:
+    from .export import export
+    export(args.run, args.out, merge=args.merge, overwrite=args.overwrite)
+
+
 def _compare(args) -> None:
     from .comparison import compare
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
@@ -264,7 +282,7 @@ def _print_fields(cls, prefix: str) -> None:
 
 COMMANDS = {"train": _train, "tune": _tune, "compare": _compare, "estimate": _estimate,
             "recommend": lambda args: _estimate(args, recommend=True), "report": _report, "eval": _eval,
-            "predict": _predict, "datasets": _datasets, "models": _models, "methods": _methods, "config": _config}
+            "predict": _predict, "export": _export, "datasets": _datasets, "models": _models, "methods": _methods, "config": _config}
 
 
 if __name__ == "__main__":

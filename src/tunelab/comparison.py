@@ -34,12 +34,14 @@ from .tune import kept_folder, load_summary, with_params
 
 
 def compare(config: RunConfig | str | Path | dict, methods: list[str] | None = None,
-            overrides: list[str] | None = None, *, output: str | Path = "comparisons", name: str | None = None,
+            overrides: list[str] | None = None, *, output: str | Path | None = None, name: str | None = None,
             overwrite: bool = False, max_minutes: float | None = None, max_memory_mb: float | None = None,
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train each method (after a search of its settings with `tune.trials`, on `compare.seeds` seeds), write
-    `comparison.json` and the report; returns the comparison."""
+    `comparison.json` and the report in `output`/NAME; returns the comparison. `output` (`--output`) wins over
+    the config's `output:`; with neither, comparisons go to `comparisons/`."""
     base = base_dict(config, overrides)
+    output = output or comparisons_folder(config, base)
     cfg = load_config(base)
     methods = methods or default_methods(cfg)
     unknown = [m for m in methods if m not in METHODS]
@@ -55,6 +57,15 @@ def compare(config: RunConfig | str | Path | dict, methods: list[str] | None = N
     folder = Path(output) / (name or default_name)
     with RunLock(folder, "comparison"):  # two `compare` of one name at once would train the same runs twice
         return _compare_in(folder, methods, base, cfg, overwrite, max_minutes, max_memory_mb, log)
+
+
+def comparisons_folder(config: RunConfig | str | Path | dict, base: dict[str, Any]) -> str:
+    """Where a comparison goes without `--output`: the config's `output:` when it sets one (every command writes
+    where the config says), else `comparisons/` — not the default `runs/`, which would mix comparisons with runs."""
+    default = RunConfig.__dataclass_fields__["output"].default
+    if isinstance(config, RunConfig):
+        return config.output if config.output != default else "comparisons"
+    return str(base["output"]) if base.get("output") else "comparisons"
 
 
 def _compare_in(folder: Path, methods: list[str], base: dict[str, Any], cfg: RunConfig, overwrite: bool,

@@ -163,7 +163,9 @@ class RunConfig:
                                                 "{lora: {r: 16}, full: {freeze_layers: 2}}.", factory=dict)
     compare: CompareConfig = option(doc="Seeds and confidence of `tunelab compare`.", factory=CompareConfig)
     tune: TuneConfig = option(doc="Hyper-parameter search per method (Optuna).", factory=TuneConfig)
-    output: str = option("runs", "Folder that receives run folders.")
+    output: str = option("runs", "Folder that receives what a command writes: run folders (`tunelab train`, "
+                         "`tune`) and comparison folders (`tunelab compare`). Unset, runs go to runs/ and "
+                         "comparisons to comparisons/; a command's --output wins over it.")
     name: str | None = option(None, "Run folder name. Unset: `<data>-<method>` (never overwrites silently).")
     allow_unsafe_weights: bool = option(False, "Allow pickle (.bin) weights for local models; off by default "
                                         "because unpickling runs code.")

