@@ -43,6 +43,8 @@ def export(run: str | Path, out: str | Path, merge: bool = False, overwrite: boo
         raise TunelabError(f"{folder} has no metrics.json; the run did not finish, train it again")
     metrics = json.loads(metrics_path.read_text())
     out = Path(out)
+    if out.is_file():
+        raise TunelabError(f"{out} is a file; give a folder to write the export in")
     if out.exists() and not overwrite:
         raise TunelabError(f"{out} exists already; choose another folder or pass --overwrite")
     if out.resolve() == folder.resolve() or folder.resolve() in out.resolve().parents:
@@ -55,10 +57,17 @@ def export(run: str | Path, out: str | Path, merge: bool = False, overwrite: boo
     try:
         kind = _write(adapted, tmp, merge, base, log)
         adapted.tokenizer.save_pretrained(tmp)
-        (tmp / "README.md").write_text(model_card(kind, cfg, metrics, base, adapted.task.auto_class().__name__))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        template = getattr(getattr(adapted.task, "options", None), "template", None)
+        (tmp / "README.md").write_text(model_card(kind, cfg, metrics, base, adapted.task.auto_class().__name__,
+                                                  str(out), template))
+        if out.exists():  # --overwrite: the old export goes only now that the new one is whole
+            trash = out.with_name(f".{out.name}.old")
+            shutil.rmtree(trash, ignore_errors=True)
+            out.rename(trash)
+            tmp.rename(out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"exported {folder} ({kind}) to {out}")
@@ -191,11 +200,12 @@ transformers + numpy.""",
 }
 
 
-def model_card(kind: str, cfg, metrics: dict[str, Any], base: dict[str, str], auto: str) -> str:
+def model_card(kind: str, cfg, metrics: dict[str, Any], base: dict[str, str], auto: str, out: str,
+               template: str | None = None) -> str:
     test = {k: round(v, 4) for k, v in metrics["test"].items() if isinstance(v, (int, float))}
     pipeline = ('classify = pipeline("text-classification", model=model, tokenizer=tokenizer)\n'
                 if auto == "AutoModelForSequenceClassification" else "")
-    loading = (LOADING[kind] or LOADING["merged"]).format(auto=auto, out="EXPORT_FOLDER", base=base["name"],
+    loading = (LOADING[kind] or LOADING["merged"]).format(auto=auto, out=out, base=base["name"],
                                                           pipeline=pipeline)
     labels = metrics.get("labels") or []
     lines = [
@@ -211,4 +221,10 @@ def model_card(kind: str, cfg, metrics: dict[str, Any], base: dict[str, str], au
         f"- versions: {json.dumps(metrics.get('versions', {}))}", "",
         "## How to load", "", loading, "",
     ]
+    if auto == "AutoModelForCausalLM" and kind != "prompt":
+        lines += ["Prompts were written as tunelab writes them: through the tokenizer's chat template "
+                  "(`apply_chat_template(messages, add_generation_prompt=True)`) when it has one, else the prompt "
+                  f"text (template `{template}`) "
+                  "ending in a newline, after the BOS token. `generation_config.json` holds the decoding settings "
+                  "(greedy unless sampling was configured), so `model.generate(input_ids)` decodes as tunelab did.", ""]
     return "\n".join(lines)
