@@ -62,7 +62,13 @@ class EarlyStoppingConfig:
 @dataclass
 class TrainConfig:
     epochs: int = option(3, "Passes over the training split (early stopping may end sooner).", positive)
-    batch_size: int = option(16, "Examples per optimisation step.", positive)
+    batch_size: int = option(16, "Examples per forward pass in training; an optimisation step takes "
+                             "batch_size × gradient_accumulation_steps.", positive)
+    gradient_accumulation_steps: int = option(1, "Forward passes of `batch_size` examples whose gradients add up "
+                                              "to one optimisation step: the update of a batch this many times "
+                                              "larger, in the memory of one pass. Each pass is weighted by its "
+                                              "targets (answer tokens for generation), so the update is the "
+                                              "large batch's.", positive)
     eval_batch_size: int = option(64, "Examples per forward pass when evaluating and predicting.", positive)
     learning_rate: float | None = option(None, "Peak learning rate. Unset: the method's own default "
                                          "(full 5e-5, lora 5e-4, adapter 1e-3).", positive)

@@ -187,7 +187,8 @@ class TrainedMethod(Method):
             return metrics if loss is None else {**metrics, "loss": loss}
 
         training = Training.start(self.model, cfg.train, cfg.train.learning_rate or self.default_learning_rate,
-                                  batches.n_batches(cfg.train.batch_size), self.precision, device())
+                                  batches.n_batches(cfg.train.batch_size * cfg.train.gradient_accumulation_steps),
+                                  self.precision, device())
         state = train(training, batches, evaluate, metric, task.better, log, checkpoint, resume, on_evaluation,
                       first_epoch_reports)
         self.model.eval()
@@ -210,6 +211,8 @@ class TrainedMethod(Method):
         start = time.perf_counter()
         batches = Batches(self.run.task, self.run.tokenizer, splits.train, splits.labels, cfg.data.max_length)
         tokenise_seconds = time.perf_counter() - start
+        # Forward/backward passes of batch_size examples, each timed with its update: with gradient accumulation
+        # a step is that many passes and one update, so passes × time per pass still gives the epoch's time.
         per_epoch = batches.n_batches(cfg.train.batch_size)
         training = Training.start(self.model, cfg.train, 1e-5, per_epoch, self.precision, device())
         timed = timing_batches(batches, cfg.train.batch_size, torch.Generator().manual_seed(cfg.train.seed),

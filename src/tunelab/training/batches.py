@@ -33,14 +33,29 @@ class Batches:
         cut into mega-batches of 50 batches, each sorted longest first, so a batch holds inputs of similar length
         and pads less; the order stays random from one mega-batch to the next. `skip` leaves out the first batches
         of that order (a run resumed mid-epoch), without collating them."""
+        order = self._order(batch_size, generator, group_by_length)
+        for start in range(skip * batch_size, len(order), batch_size):
+            yield self.batch(order[start:start + batch_size])
+
+    def steps(self, batch_size: int, accumulate: int = 1, generator: torch.Generator | None = None,
+              group_by_length: bool = False, skip: int = 0) -> Iterator[list[dict[str, torch.Tensor]]]:
+        """One list of micro-batches per optimisation step: the batches of `iterate` at batch_size × accumulate,
+        each cut into `accumulate` micro-batches of `batch_size` (each padded to its own longest). The steps hold
+        the same examples as at batch_size × accumulate without accumulation, so the two train alike."""
+        step = batch_size * accumulate
+        order = self._order(step, generator, group_by_length)
+        for start in range(skip * step, len(order), step):
+            idx = order[start:start + step]
+            yield [self.batch(idx[j:j + batch_size]) for j in range(0, len(idx), batch_size)]
+
+    def _order(self, batch_size: int, generator: torch.Generator | None, group_by_length: bool) -> list[int]:
         order = torch.randperm(len(self), generator=generator).tolist() if generator is not None \
             else list(range(len(self)))
         if group_by_length and generator is not None:
             mega = 50 * batch_size
             order = [i for start in range(0, len(order), mega)
                      for i in sorted(order[start:start + mega], key=lambda i: -len(self.features[i]["input_ids"]))]
-        for start in range(skip * batch_size, len(order), batch_size):
-            yield self.batch(order[start:start + batch_size])
+        return order
 
     def batch(self, idx: list[int]) -> dict[str, torch.Tensor]:
         batch = self.task.collate(self.tokenizer, [self.features[i] for i in idx])

@@ -83,7 +83,8 @@ def train(training: Training, batches: Batches, evaluate: Callable[[], dict[str,
     `cfg.checkpoint_every` steps and after each evaluation; `resume` starts from the saved one.
     """
     t, cfg, state = training, training.cfg, training.state
-    steps_per_epoch = batches.n_batches(cfg.batch_size)
+    accumulate = cfg.gradient_accumulation_steps
+    steps_per_epoch = batches.n_batches(cfg.batch_size * accumulate)
     if resume:
         for note in checkpoint.load(t):
             log(note)
@@ -117,8 +118,8 @@ def train(training: Training, batches: Batches, evaluate: Callable[[], dict[str,
             every, started = (max(1, steps_per_epoch // 5) if bar.disable else 0), time.time()
             reports = {steps_per_epoch * k // first_epoch_reports: k / first_epoch_reports
                        for k in range(1, first_epoch_reports)} if epoch == 0 and on_evaluation else {}
-            for batch in batches.iterate(cfg.batch_size, t.shuffle, cfg.group_by_length, skip=skip):
-                loss = t.step(batch)
+            for micro in batches.steps(cfg.batch_size, accumulate, t.shuffle, cfg.group_by_length, skip=skip):
+                loss = t.step(micro, batches.task.n_targets)
                 t.batches_done += 1
                 done = t.batches_done
                 bar.update(1)

@@ -10,7 +10,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -87,15 +87,29 @@ class Training:
         training.epoch_rng = shuffle.get_state()
         return training
 
-    def step(self, batch: dict[str, torch.Tensor]) -> float:
-        """One optimisation step on `batch`; returns its loss."""
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        with autocast(self.precision, self.device):
-            loss = self.model(**batch).loss
-        value = float(loss.detach())
-        problem = None if math.isfinite(value) else f"the training loss became {value}"
+    def step(self, batch: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]],
+             n_targets: Callable[[dict[str, torch.Tensor]], int] | None = None) -> float:
+        """One optimisation step on `batch`, or on a list of micro-batches whose gradients add up (gradient
+        accumulation); returns the step's loss.
+
+        Micro-batch i's loss is a mean over its n_i targets (`n_targets`: examples, or answer tokens), so it is
+        weighted n_i / Σn: the gradient is that of the mean over all the step's targets, as one large batch gives.
+        Weighting by micro-batch instead would overweight the targets of a micro-batch with few answer tokens."""
+        micro = batch if isinstance(batch, list) else [batch]
+        micro = [{k: v.to(self.device) for k, v in b.items()} for b in micro]
+        counts = [n_targets(b) for b in micro] if n_targets and len(micro) > 1 else [1] * len(micro)
+        total = sum(counts)
+        value, problem = 0.0, None
+        for b, n in zip(micro, counts):
+            with autocast(self.precision, self.device):
+                loss = self.model(**b).loss
+            part = float(loss.detach())
+            if not math.isfinite(part):
+                problem = f"the training loss became {part}"
+                break
+            value += part * n / total
+            (loss if len(micro) == 1 else loss * (n / total)).backward()
         if problem is None:
-            loss.backward()
             # The norm is computed even without clipping (max_norm inf scales by exactly 1): a finite loss can
             # still give inf or NaN gradients (an overflow in the backward pass), which must not reach the weights.
             norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm or math.inf)
