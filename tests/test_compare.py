@@ -265,3 +265,29 @@ def test_the_configs_output_governs_where_a_comparison_goes(tiny_config, tmp_pat
     assert comparisons_folder(unset, unset) == "comparisons"
     assert comparisons_folder(load_config(unset), {}) == "comparisons"  # a RunConfig at the default
     assert comparisons_folder(load_config(cfg), {}) == str(tmp_path / "mine")
+
+
+def test_parallel_methods_train_at_once_and_give_the_sequential_table(tiny_config, tmp_path):
+    import os
+    from pathlib import Path
+
+    from tunelab.comparison import table_rows
+    from tunelab.workers import slots
+    cfg = tiny_config("full", train__epochs=3)
+    one = compare(cfg, ["lora", "full"], output=tmp_path / "cmp", name="one", log=lambda _: None)
+    logs: list[str] = []
+    two = compare(cfg, ["lora", "full"], output=tmp_path / "cmp", name="two", parallel=2, log=logs.append)
+    # Other thread counts sum in another order: the same metrics to float precision, the same table.
+    for a, b in zip(one["rows"], two["rows"], strict=True):
+        assert a["method"] == b["method"] and a["test"] == pytest.approx(b["test"], abs=1e-4)
+    # The same table, less the columns of time, memory and speed (and of the saved size, beside them).
+    assert [r[:-4] for r in table_rows(one)] == [r[:-4] for r in table_rows(two)]
+    spans = {}
+    for method in ("lora", "full"):
+        times = [json.loads(line)["time"] for line in
+                 (Path(two["folder"]) / "runs" / method / "history.jsonl").read_text().splitlines()]
+        spans[method] = (min(times), max(times))
+    assert spans["lora"][0] < spans["full"][1] and spans["full"][0] < spans["lora"][1], spans  # they overlapped
+    assert any(line.startswith("[lora] ") for line in logs) and any(line.startswith("[full] ") for line in logs)
+    assert slots(2)[0]["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    assert slots(devices=["0", "1"]) == [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]

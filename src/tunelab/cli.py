@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--output", help="parent folder of comparisons (default: the config's `output:` when it sets "
                    "one, else comparisons)")
     c.add_argument("--overwrite", action="store_true", help="retrain runs whose config changed")
+    c.add_argument("--parallel", type=int, default=1, metavar="N", help="train N methods at once, the CPU cores "
+                   "split between them (default 1: one after another)")
+    c.add_argument("--devices", help="comma-separated GPU ids, e.g. 0,1: one method at a time on each")
     c.add_argument("--max-minutes", type=float, help="budget: training time per method")
     c.add_argument("--max-memory", type=float, help="budget: peak memory per method, in MB")
     c.add_argument("--seeds", type=int, help="training runs per trained method, seeds train.seed, train.seed+1, …; "
@@ -196,7 +199,8 @@ def _compare(args) -> None:
         if value is not None:
             overrides.append(f"{key}={value}")
     compare(args.config, methods, overrides, output=args.output, name=args.name, overwrite=args.overwrite,
-            max_minutes=args.max_minutes, max_memory_mb=args.max_memory)
+            max_minutes=args.max_minutes, max_memory_mb=args.max_memory, parallel=args.parallel,
+            devices=[d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None)
 
 
 def _tune(args) -> None:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,22 +22,25 @@ from .methods import METHODS
 from .measured import measure
 from .plan import base_dict, default_methods, method_config  # noqa: F401  (method_config: this module's API too)
 from .recommend import recommend_measured
-from .runs import RunLock, child_environment, folder_problem
+from .runs import RunLock, folder_problem
 from .report import write_report
 from .report.table import shown_metrics, table_rows  # noqa: F401  (table_rows: part of this module's API)
 from .settings import load_config
 from .tasks import TASKS
 from .training.checkpoint import checkpoint_folder, complete_checkpoints
 from .tune import kept_folder, load_summary, with_params
+from .workers import run_all, slots, stream
 
 
 def compare(config: RunConfig | str | Path | dict, methods: list[str] | None = None,
             overrides: list[str] | None = None, *, output: str | Path | None = None, name: str | None = None,
             overwrite: bool = False, max_minutes: float | None = None, max_memory_mb: float | None = None,
-            log: Callable[[str], None] = print) -> dict[str, Any]:
+            parallel: int = 1, devices: list[str] | None = None, log: Callable[[str], None] = print
+            ) -> dict[str, Any]:
     """Train each method (after a search of its settings with `tune.trials`, on `compare.seeds` seeds), write
     `comparison.json` and the report in `output`/NAME; returns the comparison. `output` (`--output`) wins over
-    the config's `output:`; with neither, comparisons go to `comparisons/`."""
+    the config's `output:`; with neither, comparisons go to `comparisons/`. `parallel` methods train at once
+    (the CPU cores split between them), or one per GPU of `devices`."""
     base = base_dict(config, overrides)
     output = output or comparisons_folder(config, base)
     cfg = load_config(base)
@@ -55,8 +56,11 @@ def compare(config: RunConfig | str | Path | dict, methods: list[str] | None = N
     if problem:
         raise ConfigError(problem)
     folder = Path(output) / (name or default_name)
+    if parallel < 1:
+        raise ConfigError("--parallel must be 1 or more")
     with RunLock(folder, "comparison"):  # two `compare` of one name at once would train the same runs twice
-        return _compare_in(folder, methods, base, cfg, overwrite, max_minutes, max_memory_mb, log)
+        return _compare_in(folder, methods, base, cfg, overwrite, max_minutes, max_memory_mb, log,
+                           slots(parallel, devices))
 
 
 def comparisons_folder(config: RunConfig | str | Path | dict, base: dict[str, Any]) -> str:
@@ -69,12 +73,18 @@ def comparisons_folder(config: RunConfig | str | Path | dict, base: dict[str, An
 
 
 def _compare_in(folder: Path, methods: list[str], base: dict[str, Any], cfg: RunConfig, overwrite: bool,
-                max_minutes: float | None, max_memory_mb: float | None, log: Callable[[str], None]) -> dict[str, Any]:
+                max_minutes: float | None, max_memory_mb: float | None, log: Callable[[str], None],
+                environments: list[dict[str, str]]) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i, method in enumerate(methods, start=1):
-        log(f"[{i}/{len(methods)}] {method}")
-        rows.append(_compare_method(method, base, cfg, folder, overwrite, log))
+    together = len(environments) > 1
+
+    def one(method: str, env: dict[str, str]) -> dict[str, Any]:
+        log(f"[{methods.index(method) + 1}/{len(methods)}] {method}" + (f" ({_slot(env)})" if together else ""))
+        # Lines of methods that train at once are told apart by their method's name.
+        method_log = (lambda line: log(f"[{method}] {line.strip()}")) if together else log
+        return _compare_method(method, base, cfg, folder, overwrite, method_log, env)
+
+    rows = run_all(methods, one, environments)
     task = _task(cfg)
     metric = cfg.train.early_stopping.metric or task.default_metric
     seeds = [cfg.train.seed + k for k in range(cfg.compare.seeds)]
@@ -98,14 +108,20 @@ def _compare_in(folder: Path, methods: list[str], base: dict[str, Any], cfg: Run
     return comparison
 
 
+def _slot(env: dict[str, str]) -> str:
+    if "CUDA_VISIBLE_DEVICES" in env:
+        return f"GPU {env['CUDA_VISIBLE_DEVICES']}"
+    return f"{env.get('OMP_NUM_THREADS', 'all')} CPU threads"
+
+
 def _compare_method(method: str, base: dict[str, Any], cfg: RunConfig, folder: Path, overwrite: bool,
-                    log) -> dict[str, Any]:
+                    log, env: dict[str, str] | None = None) -> dict[str, Any]:
     """One row: the method's search (when asked), then one run per training seed."""
     config = method_config(base, method, folder)
     tunable = METHODS.get(method).default_learning_rate is not None
     tuning = None
     if cfg.tune.trials and tunable:
-        tuning = _tune_method(method, config, folder, cfg.tune.trials, cfg.tune.minutes, overwrite, log)
+        tuning = _tune_method(method, config, folder, cfg.tune.trials, cfg.tune.minutes, overwrite, log, env)
         if tuning.get("status") == "failed":
             return tuning
         config = with_params(config, tuning["best"]["params"])
@@ -117,7 +133,7 @@ def _compare_method(method: str, base: dict[str, Any], cfg: RunConfig, folder: P
             log(f"  seed {seed} ({k + 1} of {len(seeds)})")
         run_name = method if k == 0 else f"{method}-seed{seed}"  # the first seed's run keeps the method's name
         run_cfg = load_config(_merge(config, {"name": run_name, "train": {"seed": seed}}))
-        runs.append(_run_method(method, run_cfg, folder, overwrite, log, run_name))
+        runs.append(_run_method(method, run_cfg, folder, overwrite, log, run_name, env))
         if runs[-1]["status"] != "ok":
             return {**runs[-1], "reason": runs[-1]["reason"] + (f" (seed {seed})" if len(seeds) > 1 else "")}
     return combine_seeds(runs, tuning)
@@ -159,7 +175,7 @@ def combine_seeds(runs: list[dict[str, Any]], tuning: dict[str, Any] | None = No
 
 
 def _tune_method(method: str, config: dict[str, Any], folder: Path, trials: int, minutes: float | None,
-                 overwrite: bool, log) -> dict[str, Any]:
+                 overwrite: bool, log, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Search the method's settings in a process of its own (`tunelab tune`); its trials stay in
     `tuning/<method>.db`, so that an interrupted comparison resumes the search. The search's best trial becomes
     the first seed's run (`runs/<method>`) without a second training, unless that run exists already."""
@@ -178,7 +194,7 @@ def _tune_method(method: str, config: dict[str, Any], folder: Path, trials: int,
         + (["--minutes", str(minutes)] if minutes else [])
     log(f"  searching {trials} settings on the validation split (trials in {storage})")
     try:
-        status, last, seconds = _stream(command, folder / "tuning" / f"{method}.log", log)
+        status, last, seconds = stream(command, folder / "tuning" / f"{method}.log", log, env)
     finally:
         config_path.unlink(missing_ok=True)
     if status != 0:
@@ -198,8 +214,8 @@ def _default_name(cfg: RunConfig) -> str:
     return f"{source}-{Path(cfg.model).name}"
 
 
-def _run_method(method: str, cfg: RunConfig, folder: Path, overwrite: bool, log, run_name: str | None = None
-                ) -> dict[str, Any]:
+def _run_method(method: str, cfg: RunConfig, folder: Path, overwrite: bool, log, run_name: str | None = None,
+                env: dict[str, str] | None = None) -> dict[str, Any]:
     run_name = run_name or method
     run = folder / "runs" / run_name
     wanted = cfg.to_dict()
@@ -220,7 +236,7 @@ def _run_method(method: str, cfg: RunConfig, folder: Path, overwrite: bool, log,
         log(f"  resuming from its checkpoint in {checkpoint_folder(run)}")
     log_path = folder / "runs" / f"{run_name}.log"
     try:
-        status, last, seconds = _stream(command, log_path, log)
+        status, last, seconds = stream(command, log_path, log, env)
     finally:
         config_path.unlink(missing_ok=True)  # the method's config lives in its run folder once it has one
     if status != 0:
@@ -229,28 +245,6 @@ def _run_method(method: str, cfg: RunConfig, folder: Path, overwrite: bool, log,
         return {"method": method, "family": METHODS.get(method).family, "status": "failed", "reason": reason,
                 "seconds": seconds, "log": str(log_path)}
     return _row(method, run, cfg.train.seed)
-
-
-def _stream(command: list[str], log_path: Path, log) -> tuple[int, str, float]:
-    """Run a tunelab command in a process of its own, its output to `log_path` and to `log`; returns its exit
-    status, its last line and its seconds."""
-    started = time.time()
-    with log_path.open("w") as log_file:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   env=child_environment())
-        last = ""
-        try:
-            for line in process.stdout:
-                log_file.write(line)
-                if line.strip():
-                    last = line.strip()
-                    log(f"  {line.rstrip()}")
-            status = process.wait()
-        except BaseException:  # Ctrl-C or SIGTERM here: the child stops too, and cleans up after itself
-            process.terminate()
-            process.wait()
-            raise
-    return status, last, round(time.time() - started, 1)
 
 
 def _as_now(saved: dict[str, Any]) -> dict[str, Any]:
