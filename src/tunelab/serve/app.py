@@ -6,6 +6,7 @@ Every client mistake is a 4xx whose body says what is wrong in one line, in Open
 """
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -79,8 +80,9 @@ def create_app(served: dict[str, Served], limits: Limits | None = None) -> FastA
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        worker = asyncio.Lock()
         for name, model in served.items():
-            queues[name] = ModelQueue(model.predict, executor, limits.max_batch, limits.max_wait_ms / 1000)
+            queues[name] = ModelQueue(model.predict, executor, worker, limits.max_batch, limits.max_wait_ms / 1000)
             queues[name].start()
         yield
         for queue in queues.values():
