@@ -43,7 +43,7 @@ bench: setup
 	$(BIN)/python bench/estimate_accuracy.py configs/demo.yaml
 
 # `tunelab serve` under load: requests/s and p50/p99 latency at 16 in flight, with dynamic batching and one request at
-# a time (about 4 minutes, two small LoRA runs on MiniLM trained on first use); figures in bench/results/.
+# a time, two alternating repeats (about 5 minutes, two small LoRA runs on MiniLM trained on first use); figures in bench/results/.
 bench-serve: setup
 	$(BIN)/python bench/serve_load.py
 

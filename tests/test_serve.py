@@ -137,6 +137,9 @@ def test_chat_completions_answer_as_predict_does_for_a_conversation(client, runs
                                 "finish_reason": "stop"}]
     usage = body["usage"]
     assert usage["prompt_tokens"] > 0 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    parts = [{"role": "user", "content": [{"type": "text", "text": "repeat "}, {"type": "text", "text": "red cat"}]}]
+    assert client.post("/v1/chat/completions", json={"model": "gen", "messages": parts}).json()["choices"] == \
+        body["choices"]
     short = client.post("/v1/chat/completions", json={"model": "gen", "messages": messages, "max_tokens": 1}).json()
     assert short["usage"]["completion_tokens"] <= 1
 
@@ -179,6 +182,8 @@ BAD = [  # (request, status, words the message must hold)
      "classification model"),
     ("POST", "/v1/chat/completions", {"model": "gen", "messages": []}, 422, "messages"),
     ("POST", "/v1/chat/completions", {"model": "gen", "messages": [{"role": "user"}]}, 422, "content"),
+    ("POST", "/v1/chat/completions", {"model": "gen", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "http://x"}}]}]}, 422, "content"),
     ("POST", "/v1/chat/completions", {"model": "gen", "messages": [{"role": "user", "content": "hi"}],
                                       "temperature": 0.7}, 400, "greedy"),
     ("POST", "/v1/chat/completions", {"model": "gen", "messages": [{"role": "user", "content": "hi"}],

@@ -11,7 +11,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -57,9 +57,17 @@ class PredictResponse(BaseModel):
                                               "answer and its `score`.")
 
 
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: StrictStr
+
+
 class Message(BaseModel):
     role: StrictStr
-    content: StrictStr
+    content: StrictStr | list[TextPart] = Field(description="A text, or OpenAI's content parts (text parts only).")
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
 class ChatRequest(BaseModel):
@@ -75,11 +83,11 @@ class ChatRequest(BaseModel):
 
 def create_app(served: dict[str, Served], limits: Limits | None = None) -> FastAPI:
     limits = limits or Limits()
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunelab-model")
     queues: dict[str, ModelQueue] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunelab-model")
         worker = asyncio.Lock()
         for name, model in served.items():
             queues[name] = ModelQueue(model.predict, executor, worker, limits.max_batch, limits.max_wait_ms / 1000)
@@ -159,7 +167,7 @@ def create_app(served: dict[str, Served], limits: Limits | None = None) -> FastA
         if wanted > budget:
             raise RequestError(400, f"max_tokens {wanted} is over this run's generation.max_new_tokens "
                                f"({budget}); ask for at most {budget}", "unsupported")
-        messages = [m.model_dump() for m in body.messages]
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         if messages[-1]["role"] == "assistant":
             raise RequestError(422, "the last message is the assistant's; end with the user's message to be "
                                "answered")
