@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all bench bench-serve clean
 
 setup: $(VENV)/.setup-stamp
 
@@ -41,6 +41,11 @@ test-all: setup
 bench: setup
 	$(BIN)/python bench/speed.py
 	$(BIN)/python bench/estimate_accuracy.py configs/demo.yaml
+
+# `tunelab serve` under load: requests/s and p50/p99 latency at 16 in flight, with dynamic batching and one request at
+# a time, two alternating repeats (about 5 minutes, two small LoRA runs on MiniLM trained on first use); figures in bench/results/.
+bench-serve: setup
+	$(BIN)/python bench/serve_load.py
 
 clean:
 	rm -rf $(VENV) runs comparisons .pytest_cache

@@ -23,6 +23,7 @@ EXAMPLES = """examples:
   tunelab eval runs/rotten_tomatoes-minilm-lora --data other.csv
   tunelab predict runs/rotten_tomatoes-minilm-lora --input in.jsonl --output out.jsonl
   tunelab export runs/rotten_tomatoes-minilm-lora exported/sentiment --merge
+  tunelab serve runs/rotten_tomatoes-minilm-lora sentiment=runs/other --port 8000
 """
 
 
@@ -65,6 +66,23 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--merge", action="store_true", help="merge a LoRA/IA3 adapter into the base weights: a plain "
                    "folder for AutoModelFor*.from_pretrained and pipeline()")
     x.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    sv = sub.add_parser("serve", help="an HTTP service answering for trained runs (FastAPI + uvicorn)",
+                        description="Serve finished runs over HTTP: POST /v1/predict (labels and scores, answers, "
+                        "generated text, as `tunelab predict` writes them), POST /v1/chat/completions (OpenAI-style, "
+                        "generation runs), GET /v1/models, GET /health, the OpenAPI schema at /docs. Each base "
+                        "model is loaded once: LoRA/IA3 runs on it become named adapters of one model. Requests "
+                        "that arrive together are answered in one batch.")
+    sv.add_argument("runs", nargs="+", metavar="RUN", help="run folder, or NAME=RUN to serve it as NAME (default: "
+                    "the folder's name)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                    "only; 0.0.0.0 for every interface)")
+    sv.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    sv.add_argument("--max-batch", type=int, default=16, help="inputs a batch collects from requests that arrive "
+                    "together (default 16; 1: one request at a time)")
+    sv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests "
+                    "(default 5 ms)")
+    sv.add_argument("--max-inputs", type=int, default=256, help="inputs one request may send (default 256)")
+    sv.add_argument("--max-chars", type=int, default=20000, help="characters one input may hold (default 20000)")
 
     c = sub.add_parser("compare", help="run several methods on the same splits; table, report and advice",
                        description="Train each method on the same splits with the same seed (one run folder each "
@@ -191,6 +209,18 @@ def _export(args) -> None:
     export(args.run, args.out, merge=args.merge, overwrite=args.overwrite)
 
 
+def _serve(args) -> None:
+    for flag, value in (("--max-batch", args.max_batch), ("--max-inputs", args.max_inputs),
+                        ("--max-chars", args.max_chars)):
+        if value < 1:
+            raise TunelabError(f"{flag} must be at least 1, got {value}")
+    if args.max_wait_ms < 0:
+        raise TunelabError(f"--max-wait-ms must be 0 or more, got {args.max_wait_ms}")
+    from .serve import Limits, serve
+    serve(args.runs, args.host, args.port, Limits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                                                  max_inputs=args.max_inputs, max_chars=args.max_chars))
+
+
 def _compare(args) -> None:
     from .comparison import compare
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
@@ -286,7 +316,8 @@ def _print_fields(cls, prefix: str) -> None:
 
 COMMANDS = {"train": _train, "tune": _tune, "compare": _compare, "estimate": _estimate,
             "recommend": lambda args: _estimate(args, recommend=True), "report": _report, "eval": _eval,
-            "predict": _predict, "export": _export, "datasets": _datasets, "models": _models, "methods": _methods, "config": _config}
+            "predict": _predict, "export": _export, "serve": _serve, "datasets": _datasets, "models": _models,
+            "methods": _methods, "config": _config}
 
 
 if __name__ == "__main__":
