@@ -20,6 +20,7 @@ from .tasks import task_for
 from .training.checkpoint import Checkpoint
 from .training.memory import PeakMemory
 from .training.precision import device
+from .tracking import Tracking
 from .training.state import TrainState
 from .tune import as_overrides, kept_folder, kept_trial, search, trials_table, with_params
 
@@ -57,22 +58,27 @@ def _train(cfg: RunConfig, task, splits: Splits, folder: Path, overwrite: bool, 
     writer = RunWriter(folder, overwrite)
     log(f"run {folder}: {cfg.method.name} on {cfg.data.source} "
         f"({len(splits.train)} train / {len(splits.validation)} validation / {len(splits.test)} test)")
+    tracking = Tracking([], log)
     try:
+        tracking = Tracking.open(cfg, writer.tmp, folder, log)  # before training: a store that fails ends it here
         started = time.time()
         with PeakMemory() as memory:
-            adapted = fit(cfg, splits, log, checkpoint=checkpoint, resume=resume)
+            adapted = fit(cfg, splits, log, checkpoint=checkpoint, resume=resume, hooks=tracking)
         # A resumed run's time includes the training done before the interruption.
         fit_seconds = time.time() - started + (adapted.state.seconds_before_resume if adapted.state else 0.0)
         metrics = _write_run(cfg, task, splits, adapted, fit_seconds, memory.peak_mb, memory.device_peak_mb,
                              writer, log)
+        tracking.finished(metrics, adapted.state)
         run_folder = writer.commit()
-    except BaseException:
+    except BaseException as e:
+        tracking.failed(e)
         writer.discard()
         if checkpoint.exists():
             log(f"the checkpoint at {checkpoint.summary()} stays in {checkpoint.folder}: the same command with "
                 f"--resume continues from there")
         raise
     checkpoint.remove()
+    tracking.committed(run_folder)
     metrics["run_folder"] = str(run_folder)
     _summary(metrics, log)
     return metrics
@@ -170,17 +176,22 @@ def _write_kept_trial(cfg: RunConfig, task, splits: Splits, storage: Path, kept:
                       overwrite: bool, log: Callable[[str], None]) -> dict[str, Any]:
     writer = RunWriter(Path(cfg.output) / run_name(cfg), overwrite)
     log(f"run {writer.folder}: trial {number}'s model, kept by the search (not trained again)")
+    tracking = Tracking([], log)
     try:
+        tracking = Tracking.open(cfg, writer.tmp, writer.folder, log)
         adapted = reload(cfg, kept_folder(storage), splits.labels)
         adapted.state = TrainState(**kept["state"])
         adapted.method.head_modules = kept["trained_head_modules"]
         metrics = _write_run(cfg, task, splits, adapted, kept["fit_seconds"], kept["peak_rss_mb"],
                              kept["device_peak_mb"], writer, log, parameters=kept["parameters"], from_trial=number)
+        tracking.finished(metrics, adapted.state)  # the trial's curves too: its history is the run's
         run_folder = writer.commit()
-    except BaseException:
+    except BaseException as e:
+        tracking.failed(e)
         writer.discard()
         raise
     shutil.rmtree(kept_folder(storage))  # the run folder holds the same model now
+    tracking.committed(run_folder)
     metrics["run_folder"] = str(run_folder)
     _summary(metrics, log)
     return metrics

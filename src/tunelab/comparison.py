@@ -27,6 +27,7 @@ from .report import write_report
 from .report.table import shown_metrics, table_rows  # noqa: F401  (table_rows: part of this module's API)
 from .settings import load_config
 from .tasks import TASKS
+from .tracking import comparison_run
 from .training.checkpoint import checkpoint_folder, complete_checkpoints
 from .tune import kept_folder, load_summary, with_params
 from .workers import run_all, slots, stream
@@ -59,8 +60,10 @@ def compare(config: RunConfig | str | Path | dict, methods: list[str] | None = N
     if parallel < 1:
         raise ConfigError("--parallel must be 1 or more")
     with RunLock(folder, "comparison"):  # two `compare` of one name at once would train the same runs twice
-        return _compare_in(folder, methods, base, cfg, overwrite, max_minutes, max_memory_mb, log,
-                           slots(parallel, devices))
+        # Its MLflow run, when tracked, is the parent of its methods' runs: their processes are told its id.
+        with comparison_run(cfg.train.report_to, folder, log) as tracking:
+            return _compare_in(folder, methods, base, cfg, overwrite, max_minutes, max_memory_mb, log,
+                               [{**slot, **tracking} for slot in slots(parallel, devices)])
 
 
 def comparisons_folder(config: RunConfig | str | Path | dict, base: dict[str, Any]) -> str:

@@ -103,6 +103,15 @@ class TrainConfig:
     keep_checkpoints: int = option(2, "Complete checkpoints kept: the newest as `.NAME.checkpoint/`, the ones before "
                                    "it as `.NAME.checkpoint.1/` …; a resume whose newest is damaged (a truncated "
                                    "file) falls back to the one before.", positive)
+    report_to: list[Literal["tensorboard", "mlflow"]] = option(
+        doc="Experiment trackers that follow the run: `tensorboard` (event files in the run folder's `tensorboard/`; "
+            "`tensorboard --logdir <output>`) and `mlflow` (a run in the store MLFLOW_TRACKING_URI names, or else in "
+            "`<output>/mlflow.db` with artefacts in `<output>/mlartifacts`; a comparison's store is its own folder, "
+            "where each method's run sits under a parent run named after the comparison). Both receive the config "
+            "as parameters, the training loss and learning rate every log_every steps, each epoch's validation "
+            "metrics, and the final validation and test metrics; MLflow also keeps the run folder as artefacts. A "
+            "store that cannot be reached ends the command before training; a tracker failing later is dropped "
+            "with a warning and the run goes on. Empty: none.", factory=list)
 
 
 def _level(v: float) -> str | None:
@@ -243,7 +252,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 # Keys (and blocks) that change how a run is carried out or compared, never what it learns: a run may be reused or
 # resumed across them.
-NO_EFFECT_ON_RESULTS = ("train.checkpoint_every", "train.keep_checkpoints", "compare", "tune")
+NO_EFFECT_ON_RESULTS = ("train.checkpoint_every", "train.keep_checkpoints", "train.report_to", "compare", "tune")
 
 
 def differences(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -19,6 +19,7 @@ from .data import Example, Splits, load_splits
 from .methods import METHODS, Method, Run
 from .tasks import Task, task_for
 from .training.checkpoint import Checkpoint
+from .training.loop import Hooks
 from .training.state import TrainState
 
 
@@ -89,15 +90,17 @@ def prepare(cfg: RunConfig, splits: Splits, log: Callable[[str], None] = print) 
 
 def fit(cfg: RunConfig, splits: Splits, log: Callable[[str], None] = print,
         adapted: Adapted | None = None, checkpoint: Checkpoint | None = None, resume: bool = False,
-        on_evaluation: Callable[[float, float], None] | None = None, first_epoch_reports: int = 1) -> Adapted:
+        on_evaluation: Callable[[float, float], None] | None = None, first_epoch_reports: int = 1,
+        hooks: Hooks | None = None) -> Adapted:
     """Adapt the model to the training split with the configured method (prepared here unless given).
 
     Methods that train save a `checkpoint` as they go (when given); `resume` continues from it; `on_evaluation`
     hears each epoch's validation metric, and `first_epoch_reports` - 1 more during the first epoch
-    (`training.loop.train`)."""
+    (`training.loop.train`); `hooks` hear the training's start and history (experiment tracking)."""
     adapted = adapted or prepare(cfg, splits, log)
     adapted.state = adapted.method.fit(splits, log, checkpoint=checkpoint, resume=resume,
-                                       on_evaluation=on_evaluation, first_epoch_reports=first_epoch_reports)
+                                       on_evaluation=on_evaluation, first_epoch_reports=first_epoch_reports,
+                                       hooks=hooks)
     return adapted
 
 

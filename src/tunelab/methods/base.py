@@ -25,7 +25,7 @@ from ..data import Example, Splits
 from ..tasks import TASKS, Task
 from ..training.batches import Batches, timing_batches
 from ..training.checkpoint import Checkpoint
-from ..training.loop import train
+from ..training.loop import Hooks, train
 from ..training.state import Training, TrainState
 from ..training.memory import enable_gradient_checkpointing
 from ..training.precision import device, resolve
@@ -92,7 +92,7 @@ class Method:
 
     def fit(self, splits: Splits, log: Callable[[str], None], *, checkpoint: Checkpoint | None = None,
             resume: bool = False, on_evaluation: Callable[[float, float], None] | None = None,
-            first_epoch_reports: int = 1) -> TrainState | None:
+            first_epoch_reports: int = 1, hooks: Hooks | None = None) -> TrainState | None:
         """Adapt to the training split, choosing on the validation split; returns the training state, if any."""
         raise NotImplementedError
 
@@ -172,7 +172,7 @@ class TrainedMethod(Method):
 
     def fit(self, splits: Splits, log: Callable[[str], None], *, checkpoint: Checkpoint | None = None,
             resume: bool = False, on_evaluation: Callable[[float, float], None] | None = None,
-            first_epoch_reports: int = 1) -> TrainState:
+            first_epoch_reports: int = 1, hooks: Hooks | None = None) -> TrainState:
         cfg, task = self.run.cfg, self.run.task
         metric = cfg.train.early_stopping.metric or task.default_metric
         p = self.parameters()
@@ -190,7 +190,7 @@ class TrainedMethod(Method):
                                   batches.n_batches(cfg.train.batch_size * cfg.train.gradient_accumulation_steps),
                                   self.precision, device())
         state = train(training, batches, evaluate, metric, task.better, log, checkpoint, resume, on_evaluation,
-                      first_epoch_reports)
+                      first_epoch_reports, hooks)
         self.model.eval()
         return state
 

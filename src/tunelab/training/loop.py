@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -22,6 +22,17 @@ from .checkpoint import Checkpoint
 from .interrupt import deferred_stop, stop_for
 from .precision import autocast
 from .state import Training, TrainState
+
+
+class Hooks(Protocol):
+    """What an observer of training hears (experiment tracking: `tracking.Tracking`); nothing it does changes
+    what is trained."""
+
+    def started(self, state: TrainState) -> None:
+        """Training starts, or restarts at a resumed `state` whose history holds what came before."""
+
+    def recorded(self, row: dict[str, Any]) -> None:
+        """A row just added to `state.history`: a training-loss record or an epoch's validation metrics."""
 
 
 @torch.no_grad()
@@ -69,7 +80,8 @@ def _concat(chunks: list[torch.Tensor]) -> np.ndarray:
 def train(training: Training, batches: Batches, evaluate: Callable[[], dict[str, float]], metric: str,
           better: Callable[[str, float, float | None], bool], log: Callable[[str], None] = print,
           checkpoint: Checkpoint | None = None, resume: bool = False,
-          on_evaluation: Callable[[float, float], None] | None = None, first_epoch_reports: int = 1) -> TrainState:
+          on_evaluation: Callable[[float, float], None] | None = None, first_epoch_reports: int = 1,
+          hooks: Hooks | None = None) -> TrainState:
     """Train `training.model` in place, one `Training.step` per batch; `evaluate()` returns validation metrics
     (with `loss`) after each epoch, and early stopping watches their `metric`.
 
@@ -80,7 +92,8 @@ def train(training: Training, batches: Batches, evaluate: Callable[[], dict[str,
     evaluation draws no random numbers, the run trains exactly as without them.
 
     At the end the weights of the best evaluation are restored. With a `checkpoint`, the loop saves one every
-    `cfg.checkpoint_every` steps and after each evaluation; `resume` starts from the saved one.
+    `cfg.checkpoint_every` steps and after each evaluation; `resume` starts from the saved one. `hooks` hear the
+    start and every history row (`Hooks`).
     """
     t, cfg, state = training, training.cfg, training.state
     accumulate = cfg.gradient_accumulation_steps
@@ -93,6 +106,12 @@ def train(training: Training, batches: Batches, evaluate: Callable[[], dict[str,
         log(f"resumed from the checkpoint at step {state.step} of {t.total_steps} "
             + ("(training had finished)" if finished else f"(epoch {state.epoch + 1})"))
     t.started = time.time()
+    if hooks:
+        hooks.started(state)
+
+    def record(row: dict[str, Any]) -> None:
+        if hooks:
+            hooks.recorded(row)
 
     with deferred_stop() as asked:  # Ctrl-C / SIGTERM: finish the step, save there, then stop
 
@@ -128,7 +147,7 @@ def train(training: Training, batches: Batches, evaluate: Callable[[], dict[str,
                     log(f"epoch {epoch + 1}/{cfg.epochs}: step {done}/{steps_per_epoch}, loss {loss:.4f}, "
                         f"{(time.time() - started) / (done - skip):.2f} s/step")
                 if state.step % cfg.log_every == 0 and t.since_log:  # (every step since the last record skipped: none)
-                    t.record_loss(state.step / steps_per_epoch)
+                    record(t.record_loss(state.step / steps_per_epoch))
                 saved = bool(checkpoint and checkpoint.every and state.step % checkpoint.every == 0
                              and done < steps_per_epoch)
                 if saved:
@@ -141,12 +160,13 @@ def train(training: Training, batches: Batches, evaluate: Callable[[], dict[str,
             t.batches_done = 0
             state.epoch = epoch + 1
             if t.since_log:  # the epoch's last steps (all of a run shorter than log_every): its curve must not be empty
-                t.record_loss(state.epoch)
+                record(t.record_loss(state.epoch))
 
             scores = evaluate()
             value = scores[metric]
             state.history.append({"step": state.step, "epoch": state.epoch, "time": time.time(),
                                   **{f"validation_{k}": v for k, v in scores.items()}})
+            record(state.history[-1])
             improved = better(metric, value, state.best_value)
             log(f"epoch {state.epoch}/{cfg.epochs}: validation loss {scores['loss']:.4f}, {metric} {value:.4f}"
                 + ("  (best so far)" if improved else ""))

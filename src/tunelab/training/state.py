@@ -36,6 +36,8 @@ class TrainState:
     seconds_before_resume: float = 0.0  # training time spent before that, in the interrupted process(es)
     skipped_steps: int = 0  # steps whose update was dropped for a non-finite loss or gradient (on_nonfinite: skip)
     skipped_in_a_row: int = 0
+    # The experiment trackers' runs (MLflow's run id), saved with the checkpoint: a resume continues the same run.
+    tracking: dict[str, str] = field(default_factory=dict)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -148,11 +150,12 @@ class Training:
         """Training time so far, including that of the process(es) a resume continued."""
         return self.state.seconds_before_resume + time.time() - self.started
 
-    def record_loss(self, epoch: float) -> None:
-        """The mean training loss since the last record, into the history."""
+    def record_loss(self, epoch: float) -> dict[str, Any]:
+        """The mean training loss since the last record, into the history; returns that row."""
         self.state.history.append({"step": self.state.step, "epoch": epoch, "train_loss": self.running / self.since_log,
                                    "learning_rate": self.scheduler.get_last_lr()[0], "time": time.time()})
         self.running, self.since_log = 0.0, 0
+        return self.state.history[-1]
 
     @torch.no_grad()
     def keep_best(self) -> None:
