@@ -2,9 +2,8 @@
 what the run folder holds (history.jsonl, metrics.json), through a resume and in a comparison; off by default."""
 from __future__ import annotations
 
+import ast
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -80,19 +79,39 @@ def _runs(client) -> dict[str, object]:
     return {r.info.run_name: r for r in client.search_runs([experiment])}
 
 
-def test_both_trackers_hold_what_the_run_folder_holds(tiny_config, tmp_path):
-    cfg = tiny_config("lora", name="tracked", train__report_to=BOTH)
-    metrics = train(cfg, log=lambda line: None)
-    run, store = Path(metrics["run_folder"]), tmp_path / "runs"
+def test_both_trackers_hold_what_the_run_folder_holds_through_a_resume(tiny_config, tmp_path, monkeypatch):
+    """Stopped past its checkpoint (step 4) after MLflow had logged step 6, then resumed: the trackers hold the
+    finished run's history.jsonl and metrics.json, value for value and each step once. The resumed run reopens
+    the same MLflow run and adds only what it lacks; its TensorBoard file is written afresh from the checkpoint's
+    history (one file)."""
+    cfg = tiny_config("lora", name="tracked", train__report_to=BOTH, train__checkpoint_every=4)
+    logged = MLflow.recorded
+
+    def stop_after_step_6(self, row):
+        logged(self, row)
+        if row["step"] == 6:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(MLflow, "recorded", stop_after_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, log=lambda line: None)
+    store = tmp_path / "runs"
+    client = _client(store)
+    (stopped,) = _runs(client).values()
+    assert stopped.info.status == "KILLED" and _mlflow(client, stopped.info.run_id)["train/loss"][-1][0] == 6
+
+    monkeypatch.setattr(MLflow, "recorded", logged)
+    run = Path(train(cfg, resume=True, log=lambda line: None)["run_folder"])
+    assert json.loads((run / "metrics.json").read_text())["resumed_at_step"] == 4
     expected = _expected(run)
     assert {"train/loss", "train/learning_rate", "validation/loss", "validation/accuracy",
             "final/test/f1"} <= set(expected)
     assert len(expected["validation/loss"]) == 2  # one per epoch
 
     assert _tensorboard(run / "tensorboard") == expected
+    assert len(list((run / "tensorboard").iterdir())) == 1
 
-    client = _client(store)
-    (tracked,) = _runs(client).values()
+    (tracked,) = _runs(client).values()  # the same run, now finished
+    assert tracked.info.run_id == stopped.info.run_id
     assert tracked.info.run_name == "tracked" and tracked.info.status == "FINISHED"
     assert _mlflow(client, tracked.info.run_id) == expected
     saved = yaml.safe_load((run / "config.yaml").read_text())
@@ -102,3 +121,61 @@ def test_both_trackers_hold_what_the_run_folder_holds(tiny_config, tmp_path):
     assert (artefacts / "metrics.json").read_bytes() == (run / "metrics.json").read_bytes()
     assert (artefacts / "model" / "adapter_config.json").is_file()
     assert not (artefacts / "tensorboard").exists()  # MLflow has those curves itself
+
+
+def test_a_comparison_groups_its_methods(tiny_config, tmp_path):
+    cfg = tiny_config("lora", train__report_to=BOTH, train__epochs=1)
+    compare(cfg, ["lora", "full"], output=tmp_path / "comparisons", name="cmp", log=lambda line: None)
+    folder = tmp_path / "comparisons" / "cmp"
+
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+    board = EventMultiplexer().AddRunsFromDirectory(str(folder / "runs"))  # `tensorboard --logdir .../runs`
+    assert sorted(board.Runs()) == ["full/tensorboard", "lora/tensorboard"]
+
+    client = _client(folder)
+    runs = _runs(client)
+    assert sorted(runs) == ["cmp", "full", "lora"]
+    parent = runs["cmp"]
+    assert parent.info.status == "FINISHED" and parent.data.tags["tunelab.comparison"] == str(folder.resolve())
+    assert (Path(parent.info.artifact_uri) / "comparison.json").read_bytes() == \
+        (folder / "comparison.json").read_bytes()
+    for method in ("lora", "full"):
+        child = runs[method]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and child.info.status == "FINISHED"
+        assert child.data.params["method.name"] == method
+        expected = _expected(folder / "runs" / method)
+        assert _mlflow(client, child.info.run_id) == expected
+        assert _tensorboard(folder / "runs" / method / "tensorboard") == expected
+
+
+def test_tracking_is_off_by_default_and_costs_no_import(tiny_config, tmp_path):
+    run = Path(train(tiny_config("prompt", name="plain"), log=lambda line: None)["run_folder"])
+    assert sorted(p.name for p in run.parent.iterdir()) == ["plain"]  # no mlflow.db, no mlartifacts
+    assert not (run / "tensorboard").exists()
+    # Neither tool is imported unless a config names it: no module of tunelab imports one at its top level.
+    for module in (Path(__file__).parents[1] / "src" / "tunelab").rglob("*.py"):
+        for node in ast.parse(module.read_text()).body:
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not [n for n in names if n.split(".")[0] in ("mlflow", "tensorboard")
+                        or n.startswith("torch.utils.tensorboard")], module
+
+
+def test_an_unknown_tracker_is_a_config_error(tiny_config, tmp_path, capsys):
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(tiny_config("lora")))
+    assert main(["train", str(config), "train.report_to=[tensorboard, wandb]"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: `train.report_to[1]` must be one of: tensorboard, mlflow; got 'wandb'\n"
+
+
+def test_a_store_that_does_not_answer_stops_before_training(tiny_config, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # the discard port: refused at once
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(tiny_config("lora", name="never", train__report_to=["mlflow"])))
+    assert main(["train", str(config)]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("error: `train.report_to`: the MLflow store http://127.0.0.1:9 cannot be used (")
+    assert err.count("\n") == 1 and "training" not in out
+    assert not [p for p in (tmp_path / "runs").iterdir()]  # no run, no partial folder, no lock
