@@ -179,3 +179,30 @@ def test_a_store_that_does_not_answer_stops_before_training(tiny_config, tmp_pat
     assert err.startswith("error: `train.report_to`: the MLflow store http://127.0.0.1:9 cannot be used (")
     assert err.count("\n") == 1 and "training" not in out
     assert not [p for p in (tmp_path / "runs").iterdir()]  # no run, no partial folder, no lock
+
+
+def test_a_tracker_failing_mid_run_is_dropped_with_one_warning():
+    """The policy of `Tracking`, on stand-in backends: the failing one is told the run failed and hears nothing
+    more; the others, and the run, go on."""
+    from tunelab.tracking import Backend, Tracking
+
+    class Heard(Backend):
+        def __init__(self, name: str, fail_at: int | None = None):
+            self.name, self.fail_at, self.rows, self.status = name, fail_at, [], None
+
+        def recorded(self, row):
+            if row["step"] == self.fail_at:
+                raise ConnectionError("connection refused\nsecond line")
+            self.rows.append(row["step"])
+
+        def failed(self, status):
+            self.status = status
+
+    lines: list[str] = []
+    good, bad = Heard("tensorboard"), Heard("mlflow", fail_at=4)
+    tracking = Tracking([good, bad], lines.append)
+    for step in (2, 4, 6):
+        tracking.recorded({"step": step, "train_loss": 0.5})
+    assert good.rows == [2, 4, 6] and bad.rows == [2] and bad.status == "FAILED"
+    assert lines == ["warning: mlflow stopped logging at step 4 (ConnectionError: connection refused); the run goes "
+                     "on without it"]
