@@ -17,10 +17,10 @@ from .pipeline import data_for, fit, reload
 from .runs import RunLock, RunWriter, read_run, run_name, versions
 from .settings import from_dict, load_config
 from .tasks import task_for
+from .tracking import Tracking
 from .training.checkpoint import Checkpoint
 from .training.memory import PeakMemory
 from .training.precision import device
-from .tracking import Tracking
 from .training.state import TrainState
 from .tune import as_overrides, kept_folder, kept_trial, search, trials_table, with_params
 

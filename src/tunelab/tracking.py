@@ -1,24 +1,23 @@
 """Experiment tracking (`train.report_to`): a run's config, curves, final metrics and folder in TensorBoard and
 MLflow, so that runs and a comparison's methods can be compared in those tools' own views.
 
-One interface, `Backend`, and one class per tool. `Tracking` holds the backends a config names and is the training
-loop's hook (`training.loop.Hooks`): the loop tells it when training (re)starts and hands it each row it adds to the
-history, so what a tracker shows is what `history.jsonl` holds, value for value. The tools are imported only when
-a config asks for them (MLflow alone takes 1.5 s to import).
+One interface, `Backend`, one class per tool. `Tracking` holds those a config names and is the training loop's
+hook (`training.loop.Hooks`): it hears when training (re)starts and each row the loop adds to the history, so a
+tracker shows what `history.jsonl` holds, value for value. A tool is imported only when a config names it (MLflow
+alone takes 1.5 s).
 
-Where the live data go, and a resume:
+Live data and a resume:
 - TensorBoard writes into the run's temporary folder (`.NAME.partial-*/tensorboard/`), which becomes the run
-  folder's `tensorboard/`. An interrupted run's temporary folder is removed (by the next run of that name), so a
-  resumed run starts a fresh events file and first writes the checkpoint's history into it, at the steps and times
-  the values had: one file, each step once, no `purge_step` needed.
+  folder's `tensorboard/`. An interrupted run's temporary folder goes (the next run of that name removes it), so a
+  resumed run starts a fresh events file and first writes the checkpoint's history into it, at the values' own
+  steps and times: one file, each step once, no `purge_step` needed.
 - MLflow logs to its store as the run goes. The run's id is kept in the training state, so in the checkpoint; a
-  resume reopens that run and logs only the steps it does not hold yet (a killed process may have logged past its
-  last checkpoint: those steps come again with the same values, as a resume is exact). A run whose id the store
-  does not know (another store) is started afresh with the whole history.
+  resume reopens that run and logs only the steps it lacks (a killed process may have logged past its checkpoint:
+  those steps come again with the same values, as a resume is exact). An id the store does not know (another
+  store) starts a new run with the whole history.
 
-Failures: a backend that cannot start (an MLflow server that does not answer) ends the command before any training,
-in one line; one that fails later is dropped with a one-line warning, and the training run goes on: a lost chart
-must not cost hours of training.
+Failures: a store that cannot be used ends the command before training; a tool failing later is dropped with a
+warning and the run goes on (`Tracking._each`): a lost chart must not cost hours of training.
 """
 from __future__ import annotations
 
@@ -26,7 +25,7 @@ import json
 import logging
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Iterator
@@ -50,8 +49,9 @@ def flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def text(value: Any) -> str:
-    """A parameter as MLflow keeps it: text, as written in YAML or JSON (`true`, `null`, `[query, value]`)."""
-    return value if isinstance(value, str) else json.dumps(value)
+    """A parameter as MLflow keeps it: text, as written in JSON (`true`, `null`, `["query", "value"]`), cut to
+    MLflow's 6,000 characters (a long label list); config.yaml in the artefacts has it whole."""
+    return (value if isinstance(value, str) else json.dumps(value))[:6000]
 
 
 def _number(value: Any) -> bool:
@@ -74,23 +74,17 @@ def final_points(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 class Backend:
-    """One tracking tool. Every call may raise: `Tracking` turns a failure into a warning."""
+    """One tracking tool. `Tracking` calls `started(state)` when training (re)starts at `state` (log its history so
+    far: a resumed run's), `recorded(row)` for each row the loop adds to the history, `finished(metrics, step)` with
+    the final metrics before the run folder is moved in place, then `committed(folder)`; or `failed(status)`
+    (`FAILED`, or `KILLED` by Ctrl-C or SIGTERM) when the run ends without a folder. Any call may raise."""
     name: str
 
-    def started(self, state) -> None:
-        """Training (re)starts at `state` (`TrainState`): log its history so far (a resumed run's)."""
-
-    def recorded(self, row: dict[str, Any]) -> None:
-        """A row the loop has just added to the history."""
-
-    def finished(self, metrics: dict[str, Any], step: int) -> None:
-        """The final metrics, before the run folder is moved in place."""
-
-    def committed(self, folder: Path) -> None:
-        """The run folder is complete."""
-
-    def failed(self, status: str) -> None:
-        """The run ended without a run folder: `FAILED`, or `KILLED` (Ctrl-C, SIGTERM)."""
+    def started(self, state) -> None: ...
+    def recorded(self, row: dict[str, Any]) -> None: ...
+    def finished(self, metrics: dict[str, Any], step: int) -> None: ...
+    def committed(self, folder: Path) -> None: ...
+    def failed(self, status: str) -> None: ...
 
 
 class TensorBoard(Backend):
@@ -158,12 +152,12 @@ class MLflow(Backend):
             self.recorded(row)
 
     def _reopen(self, run_id: str | None):
-        if not run_id:
-            return None
         from mlflow.exceptions import MlflowException
         try:
-            run = self.client.get_run(run_id)
-        except MlflowException:
+            run = self.client.get_run(run_id) if run_id else None
+        except MlflowException:  # not in this store
+            return None
+        if run is None or run.info.lifecycle_stage != "active":  # deleted in the UI since: start afresh
             return None
         self.client.update_run(run_id, status="RUNNING")
         return run
@@ -205,8 +199,7 @@ def connect(store: Path):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(store / 'mlflow.db').resolve()}"
     try:
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
-            store.mkdir(parents=True, exist_ok=True)
+        store.mkdir(parents=True, exist_ok=True)
         client = MlflowClient(tracking_uri=uri)
         experiment = os.environ.get("MLFLOW_EXPERIMENT_ID")
         if not experiment:
@@ -236,17 +229,21 @@ class Tracking:
     """The backends of `train.report_to`, as one hook of the training loop; with none, every call does nothing."""
 
     def __init__(self, backends: list[Backend], log: Callable[[str], None] = print):
-        self.backends, self.log = backends, log
-        self.step = 0
-        self.is_started = False
+        self.backends, self.log, self.step, self.is_started = backends, log, 0, False
 
     @classmethod
     def open(cls, cfg, tmp: Path, run_folder: Path, log: Callable[[str], None] = print) -> "Tracking":
         """The backends `cfg.train.report_to` names, writing into the run's temporary folder `tmp`; called before
         training, so that a store that cannot be used ends the command before any."""
-        params = flat(cfg.to_dict())
-        return cls([BACKENDS[name](tmp, params, run_name=run_folder.name, run_folder=run_folder,
-                                   store=run_folder.parent) for name in dict.fromkeys(cfg.train.report_to)], log)
+        params, backends = flat(cfg.to_dict()), []
+        try:
+            for name in dict.fromkeys(cfg.train.report_to):
+                backends.append(BACKENDS[name](tmp, params, run_name=run_folder.name, run_folder=run_folder,
+                                               store=run_folder.parent))
+        except BaseException as e:
+            cls(backends, log).failed(e)  # close what was opened (TensorBoard's writer) before the error ends it
+            raise
+        return cls(backends, log)
 
     def _each(self, what: str, call: Callable[[Backend], None]) -> None:
         for backend in list(self.backends):
@@ -256,10 +253,8 @@ class Tracking:
                 self.log(f"warning: {backend.name} stopped {what} at step {self.step} ({_reason(e)}); the run goes "
                          f"on without it")
                 self.backends.remove(backend)
-                try:
+                with suppress(Exception):
                     backend.failed("FAILED")
-                except Exception:
-                    pass
 
     def started(self, state) -> None:
         self.is_started, self.step = True, state.step
@@ -280,18 +275,15 @@ class Tracking:
     def failed(self, error: BaseException) -> None:
         status = "FAILED" if isinstance(error, Exception) else "KILLED"  # Ctrl-C, SIGTERM: BaseExceptions
         for backend in self.backends:
-            try:
+            with suppress(Exception):
                 backend.failed(status)
-            except Exception:
-                pass
 
 
 @contextmanager
 def comparison_run(report_to: list[str], folder: Path, log: Callable[[str], None] = print
                    ) -> Iterator[dict[str, str]]:
-    """A comparison's parent MLflow run, named after it, in the store `folder/mlflow.db` (or MLFLOW_TRACKING_URI);
-    yields the environment that puts its methods' runs under it. The same comparison run again (resumed, or
-    extended) reuses its parent run, found by the comparison's folder."""
+    """A comparison's parent MLflow run, named after it, in `folder/mlflow.db` (or MLFLOW_TRACKING_URI); yields the
+    environment that puts its methods' runs under it. Run again (resumed), a comparison reuses its parent run."""
     if "mlflow" not in report_to:
         yield {}
         return
@@ -299,11 +291,9 @@ def comparison_run(report_to: list[str], folder: Path, log: Callable[[str], None
     tag = str(folder.resolve())
     runs = client.search_runs([experiment], filter_string=f"tags.`tunelab.comparison` = {json.dumps(tag)}",
                               max_results=1)
-    if runs:
-        run_id = runs[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
-    else:
-        run_id = client.create_run(experiment, run_name=folder.name, tags={"tunelab.comparison": tag}).info.run_id
+    run_id = runs[0].info.run_id if runs else \
+        client.create_run(experiment, run_name=folder.name, tags={"tunelab.comparison": tag}).info.run_id
+    client.update_run(run_id, status="RUNNING")
     try:
         yield {"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_ID": experiment, PARENT_RUN: run_id}
     except BaseException as e:
