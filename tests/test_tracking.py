@@ -124,8 +124,9 @@ def test_both_trackers_hold_what_the_run_folder_holds_through_a_resume(tiny_conf
 
 
 def test_a_comparison_groups_its_methods(tiny_config, tmp_path):
+    """Two methods training at once (`--parallel 2`), both logging to the comparison's one SQLite store."""
     cfg = tiny_config("lora", train__report_to=BOTH, train__epochs=1)
-    compare(cfg, ["lora", "full"], output=tmp_path / "comparisons", name="cmp", log=lambda line: None)
+    compare(cfg, ["lora", "full"], output=tmp_path / "comparisons", name="cmp", parallel=2, log=lambda line: None)
     folder = tmp_path / "comparisons" / "cmp"
 
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
