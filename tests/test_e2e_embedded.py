@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -9,6 +10,10 @@ from tunelab import models
 from tunelab.api import train
 
 pytestmark = pytest.mark.e2e
+# The two longest runs (two minutes each here) go with `make test-all`, which sets TUNELAB_SLOW: `make test` stays
+# within its time, and the shorter runs above still take every family through the embedded models.
+long_run = pytest.mark.skipif(not os.environ.get("TUNELAB_SLOW"), reason="a long run on an embedded model: "
+                              "make test-all")
 
 
 def _config(method: str, tmp_path, epochs: int = 1, **method_options) -> dict:
@@ -66,6 +71,7 @@ def test_smollm2_prompt_search_scores_rotten_tomatoes_labels(tmp_path):
     assert len(search) == 4 and max(r["validation_f1"] for r in search) == metrics["validation"]["f1"]
 
 
+@long_run
 def test_smollm2_chat_lora_lowers_held_out_perplexity(tmp_path):
     """Chat SFT on a slice of chatterbot, compared with the base model's zero-shot answers: the table holds the
     generation metrics and LoRA's held-out perplexity is well below the base model's."""
@@ -86,6 +92,7 @@ def test_smollm2_chat_lora_lowers_held_out_perplexity(tmp_path):
     assert lora < 0.8 * base, (base, lora)
 
 
+@long_run
 def test_minilm_extractive_qa_on_the_builtin_questions(tmp_path):
     """Full fine-tuning of MiniLM on tunelab_qa finds answer spans: F1 well above the best trivial baseline (a
     best-overlap sentence, 0.18 F1 on the same test questions)."""
