@@ -86,8 +86,9 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="run several methods on the same splits; table, report and advice",
                        description="Train each method on the same splits with the same seed (one run folder each "
-                       "under comparisons/NAME/runs/, or under the config's output: folder), write report.html and report.md, and recommend a method "
-                       "from the validation metric. Finished runs are reused when repeated.")
+                       "under comparisons/NAME/runs/, or under the config's output: folder), write report.html and "
+                       "report.md, and recommend a method from the validation metric. Finished runs are reused when "
+                       "repeated.")
     c.add_argument("config", help="YAML config file (its `methods:` block may set per-method options)")
     c.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of the config")
     c.add_argument("--methods", help="comma-separated, e.g. prompt,lora,adapter,full (default: every method that "
