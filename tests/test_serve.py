@@ -280,3 +280,30 @@ def test_bad_run_arguments_end_with_one_line_before_the_port_is_bound(runs, tmp_
         busy.listen()
         assert main(["serve", str(runs["full"]), "--port", str(port)]) == 2
         assert "in use" in capsys.readouterr().err
+
+
+def test_sigterm_stops_the_service_as_a_service_stops(runs):
+    """`kill` (or Ctrl-C) is how a service is meant to stop: a plain line and exit status 0, not an error."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "tunelab.cli", "serve", str(runs["full"]), "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, out
+    assert out.strip().splitlines()[-1] == "stopped serving", out

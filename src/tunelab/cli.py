@@ -218,8 +218,11 @@ def _serve(args) -> None:
     if args.max_wait_ms < 0:
         raise TunelabError(f"--max-wait-ms must be 0 or more, got {args.max_wait_ms}")
     from .serve import Limits, serve
-    serve(args.runs, args.host, args.port, Limits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                                                  max_inputs=args.max_inputs, max_chars=args.max_chars))
+    try:
+        serve(args.runs, args.host, args.port, Limits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                                                      max_inputs=args.max_inputs, max_chars=args.max_chars))
+    except (KeyboardInterrupt, Terminated):  # Ctrl-C or `kill`: how a service is meant to stop, not a failure
+        print("stopped serving")
 
 
 def _compare(args) -> None:
