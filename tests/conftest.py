@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 from pathlib import Path
@@ -86,14 +87,20 @@ def tiny_config(tiny_csv, tiny_bert, tmp_path):
                       "early_stopping": {"patience": 0}},
             "output": str(tmp_path / "runs"),
         }
-        for key, value in extra.items():
-            node = cfg
-            *parents, last = key.split("__")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[last] = value
-        return cfg
+        return with_changes(cfg, **extra)
     return make
+
+
+def with_changes(cfg: dict, **changes) -> dict:
+    """A copy of `cfg` with `a__b=value` setting cfg["a"]["b"] (parents made as needed)."""
+    out = json.loads(json.dumps(cfg))
+    for key, value in changes.items():
+        node = out
+        *parents, last = key.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return out
 
 
 GEN_WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"]

@@ -15,6 +15,7 @@ import yaml
 from tunelab.cli import main
 
 from conftest import tiny_sentences
+from conftest import with_changes as _with
 
 Case = Callable[[Path, dict], tuple[dict, str]]  # (folder, a working config) → (the bad config, a phrase expected)
 CASES: dict[str, Case] = {}
@@ -35,15 +36,6 @@ def _good_rows(n: int = 40) -> str:
     return "text,label\n" + "".join(f"{t},{l}\n" for t, l in tiny_sentences(n))
 
 
-def _with(cfg: dict, **changes) -> dict:
-    out = json.loads(json.dumps(cfg))
-    for key, value in changes.items():
-        node = out
-        *parents, last = key.split("__")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return out
 
 
 # --- data files -----------------------------------------------------------------------------------------------
