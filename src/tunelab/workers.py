@@ -51,11 +51,12 @@ def run_all(items: list[Any], work: Callable[[Any, dict[str, str]], T], environm
             free.put(env)
 
     pool = ThreadPoolExecutor(max_workers=len(environments))
+    futures = []
     try:
         futures = [pool.submit(one, item) for item in items]
         return [f.result() for f in futures]
     except BaseException:
-        for f in futures if "futures" in locals() else []:
+        for f in futures:  # those not started yet never start
             f.cancel()
         with _lock:
             for process in _running:
