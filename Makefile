@@ -37,9 +37,13 @@ test: setup
 test-all: setup
 	TUNELAB_SLOW=1 $(BIN)/python -m pytest -q
 
-# Training speed against the Hugging Face Trainer, side by side (about 25 minutes); figures in bench/results/.
+# Training speed against the Hugging Face Trainer, side by side (about 25 minutes); prompt label scoring against
+# lm-evaluation-harness (about 15 minutes; its own venv in bench/.lmeval-venv, made on first use); time per example
+# at 1k, 4k and 16k training examples (about 15 minutes). Figures in bench/results/.
 bench: setup
 	$(BIN)/python bench/speed.py
+	$(BIN)/python bench/prompt_scoring.py
+	$(BIN)/python bench/scaling.py
 	$(BIN)/python bench/estimate_accuracy.py configs/demo.yaml
 
 # `tunelab serve` under load: requests/s and p50/p99 latency at 16 in flight, with dynamic batching and one request at

@@ -53,3 +53,38 @@ def test_useful_flops_count_six_times_the_weights_for_full_training_and_four_for
     for p in model.parameters():
         p.requires_grad_(False)
     assert useful_flops(model, [10]) == 4 * linear * 10 + 2 * attention
+
+
+def test_prompt_scoring_bench_renders_lm_evals_prompt_string_for_string(tiny_llama, tmp_path):
+    """tunelab's side of `bench/prompt_scoring.py` (the lm-eval side needs its own venv: `make bench` only)."""
+    import yaml
+
+    sys.path.insert(0, str(BENCH.parent))
+    from prompt_scoring import TASK_YAML, peer_rows, run_tunelab
+    train, test = peer_rows(12)
+    for name, rows in (("rt_train.jsonl", train), ("rt_test.jsonl", test)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = yaml.safe_load(TASK_YAML.format(folder=tmp_path))
+    assert task["doc_to_text"] == "Review: {{text}}\nSentiment:" and task["fewshot_config"]["sampler"] == "first_n"
+    assert task["dataset_kwargs"]["data_files"]["test"] == f"{tmp_path}/rt_test.jsonl"
+    labels = ["negative", "positive"]
+    for shots in (0, 4):
+        r = run_tunelab(str(tiny_llama), str(tmp_path), shots, batch_size=4)
+        # lm-eval's multiple_choice context: the first `shots` training rows, then the review; the choice follows
+        # after target_delimiter " ".
+        demos = [f"Review: {d['text']}\nSentiment: {labels[d['label']]}" for d in train[:shots]]
+        assert r["first_context"] == "\n\n".join(demos + [f"Review: {test[0]['text']}\nSentiment:"])
+        assert len(r["predictions"]) == 12 and len(r["logliks"][0]) == 2 and r["seconds"] > 0
+        assert r["accuracy"] == sum(p == d["label"] for p, d in zip(r["predictions"], test)) / 12
+
+
+def test_scaling_bench_writes_ms_per_example_and_memory_for_each_size(tiny_bert, tmp_path):
+    out = tmp_path / "scaling.json"
+    done = subprocess.run([sys.executable, str(BENCH.parent / "scaling.py"), "--sizes", "48,96", "--repeats", "1",
+                           "--model", str(tiny_bert), "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    assert [r["train_examples"] for r in results] == [48, 96]
+    assert results[0]["vs_smallest"] == 1.0 and results[1]["ms_per_example"] > 0
+    assert all(r["peak_rss_mib"] >= r["rss_loaded_mib"] > 0 for r in results)
+    assert "| 96 |" in done.stdout
