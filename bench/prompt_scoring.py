@@ -118,13 +118,41 @@ def run_tunelab(model: str, folder: str, shots: int, batch_size: int) -> dict:
     scorer.restore({"demonstrations": demos, "chosen": {"shots": per_class}}, LABELS, options)
     candidate = SimpleNamespace(template="Review: {text}", label_template="Sentiment: {label}", shots=per_class,
                                 verbalizer="label", calibrate=False)
+    counted = count_forward_flops(lm)
     start = time.perf_counter()
     scores = scorer.raw_scores(candidate, [r["text"] for r in test])
     seconds = time.perf_counter() - start
     predictions = scores.argmax(1).tolist()
+    from speed import gemm_peak  # bench/speed.py: the same 2,048² measure as the training benchmark
     return {"seconds": seconds, "logliks": scores.tolist(), "predictions": predictions,
+            "flops": counted["flops"], "tokens": counted["tokens"], "gemm_peak": gemm_peak("fp32"),
             "accuracy": float(np.mean([p == r["label"] for p, r in zip(predictions, test)])),
             "first_context": scorer.render(candidate, test[0]["text"])}
+
+
+def count_forward_flops(model) -> dict:
+    """Matrix-product FLOPs of every forward pass from here on, counting non-padding tokens only: 2 × the
+    weights of the linear layers but the output head per new token, 2 × hidden × vocabulary per logit kept, and
+    4 × layers × hidden × (keys attended) per new token for attention. Padding and recomputation are not useful
+    work, so the share of the GEMM peak they give is what the scoring gets out of the machine."""
+    import torch
+    config = model.config
+    head = model.get_output_embeddings()
+    body = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head)
+    layers, hidden, vocab = config.num_hidden_layers, config.hidden_size, config.vocab_size
+    counted = {"flops": 0.0, "tokens": 0}
+
+    def hook(_module, _args, kwargs):
+        ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
+        new = mask[:, -ids.shape[1]:]
+        tokens = int(new.sum())
+        keys = (new * mask.sum(1, keepdim=True)).sum()  # each new token attends to at most its row's keys
+        kept = kwargs.get("logits_to_keep", ids.shape[1])
+        kept = kept if isinstance(kept, int) else len(kept)
+        counted["tokens"] += tokens
+        counted["flops"] += 2 * body * tokens + 2 * hidden * vocab * ids.shape[0] * kept + 4 * layers * hidden * int(keys)
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+    return counted
 
 
 # --- the parent ----------------------------------------------------------------------------------------------
@@ -192,18 +220,23 @@ def main(argv: list[str] | None = None) -> int:
                 "repeats_lmeval": [len(test) / r["seconds"] for r in runs["lm-eval"]],
                 "same_predictions": same, "max_margin_difference": gap,
                 "tunelab_accuracy": ours["accuracy"], "lmeval_accuracy": theirs["accuracy"],
+                "tunelab_forward_tokens": ours["tokens"], "tunelab_flops_per_s": ours["flops"] / ours["seconds"],
+                "tunelab_fraction_of_gemm_peak": ours["flops"] / ours["seconds"] / ours["gemm_peak"],
+                "gemm_peak_flops_per_s": ours["gemm_peak"],
                 "same_prompt": ours["first_context"] == theirs["first_context"],
                 "prompt_example": ours["first_context"], "lmeval_prompt_example": theirs["first_context"]})
-    print("\n| shots | tunelab examples/s | lm-eval examples/s | × lm-eval | same predictions | accuracy (both) |\n"
-          "|---:|---:|---:|---:|---:|---:|")
+    print("\n| shots | tunelab examples/s | lm-eval examples/s | × lm-eval | same predictions | accuracy (both) "
+          "| tunelab's share of the GEMM peak |\n|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         spread = lambda xs: f"{min(xs):.1f}–{max(xs):.1f}"  # noqa: E731
         print(f"| {r['shots']} | {r['tunelab_examples_per_s']:.1f} ({spread(r['repeats_tunelab'])}) | "
               f"{r['lmeval_examples_per_s']:.1f} ({spread(r['repeats_lmeval'])}) | {r['ratio']:.2f} | "
-              f"{r['same_predictions']}/{r['rows']} | {r['tunelab_accuracy']:.3f} / {r['lmeval_accuracy']:.3f} |")
+              f"{r['same_predictions']}/{r['rows']} | {r['tunelab_accuracy']:.3f} / {r['lmeval_accuracy']:.3f} | "
+              f"{r['tunelab_fraction_of_gemm_peak']:.0%} |")
     print("(examples/s: the best repeat (the range over repeats); same predictions: rows where both chose the same "
           "label; the prompts were " + ("identical" if all(r["same_prompt"] for r in results) else "NOT identical")
-          + " strings)")
+          + " strings; the share of the GEMM peak: useful forward FLOP/s (non-padding tokens, see "
+          "count_forward_flops) over fp32 2,048² matrix products in the same process)")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"when": time.strftime("%Y-%m-%d %H:%M:%S"), "model": args.model,

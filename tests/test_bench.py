@@ -58,6 +58,7 @@ def test_useful_flops_count_six_times_the_weights_for_full_training_and_four_for
 def test_prompt_scoring_bench_renders_lm_evals_prompt_string_for_string(tiny_llama, tmp_path):
     """tunelab's side of `bench/prompt_scoring.py` (the lm-eval side needs its own venv: `make bench` only)."""
     import yaml
+    from transformers import AutoTokenizer
 
     sys.path.insert(0, str(BENCH.parent))
     from prompt_scoring import TASK_YAML, peer_rows, run_tunelab
@@ -68,6 +69,7 @@ def test_prompt_scoring_bench_renders_lm_evals_prompt_string_for_string(tiny_lla
     assert task["doc_to_text"] == "Review: {{text}}\nSentiment:" and task["fewshot_config"]["sampler"] == "first_n"
     assert task["dataset_kwargs"]["data_files"]["test"] == f"{tmp_path}/rt_test.jsonl"
     labels = ["negative", "positive"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     for shots in (0, 4):
         r = run_tunelab(str(tiny_llama), str(tmp_path), shots, batch_size=4)
         # lm-eval's multiple_choice context: the first `shots` training rows, then the review; the choice follows
@@ -76,6 +78,10 @@ def test_prompt_scoring_bench_renders_lm_evals_prompt_string_for_string(tiny_lla
         assert r["first_context"] == "\n\n".join(demos + [f"Review: {test[0]['text']}\nSentiment:"])
         assert len(r["predictions"]) == 12 and len(r["logliks"][0]) == 2 and r["seconds"] > 0
         assert r["accuracy"] == sum(p == d["label"] for p, d in zip(r["predictions"], test)) / 12
+        # Every review's tokens run once at least (a prefix shared by all runs once: the rest are fewer).
+        tokens = [len(t) for t in tokenizer([f"Review: {d['text']}\nSentiment:" for d in test]).input_ids]
+        assert max(tokens) < r["tokens"] <= sum(tokens) + 12 * shots * max(tokens)
+        assert r["flops"] > 2 * body_weights(tiny_llama) * r["tokens"] and r["gemm_peak"] > 0
 
 
 def test_scaling_bench_writes_ms_per_example_and_memory_for_each_size(tiny_bert, tmp_path):
@@ -88,3 +94,13 @@ def test_scaling_bench_writes_ms_per_example_and_memory_for_each_size(tiny_bert,
     assert results[0]["vs_smallest"] == 1.0 and results[1]["ms_per_example"] > 0
     assert all(r["peak_rss_mib"] >= r["rss_loaded_mib"] > 0 for r in results)
     assert "| 96 |" in done.stdout
+
+
+def body_weights(folder) -> int:
+    """The weights of a decoder's linear layers but its output head: the matrix products every token goes
+    through (the head runs only for the logits kept)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    head = model.get_output_embeddings()
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head)
