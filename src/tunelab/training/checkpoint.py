@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import differences
 from ..errors import TunelabError
+from . import distributed
 from .state import Training, TrainState
 
 WEIGHTS, BEST, STATE, TENSORS, CONFIG = ("weights.safetensors", "best.safetensors", "trainer_state.json",
@@ -113,9 +114,14 @@ class Checkpoint:
         """Write `t` (the whole of a run's training) as the newest checkpoint; the older ones move down a place
         only once it is complete, and the oldest beyond `keep` goes. A full disk ends with one clear line and
         leaves the checkpoints that were there."""
+        # Data-parallel: every process's dropout RNG goes in, rank 0 alone writes.
+        rngs = distributed.gather_to_main(torch.get_rng_state())
+        if not distributed.is_main():
+            self.best_step = t.state.best_step
+            return
         tmp = self.folder.with_name(self.folder.name + ".partial")
         try:
-            self._write(t, tmp)
+            self._write(t, tmp, rngs)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             if e.errno != errno.ENOSPC:
@@ -138,7 +144,7 @@ class Checkpoint:
                 shutil.rmtree(p, ignore_errors=True)
         self.best_step = t.state.best_step
 
-    def _write(self, t: Training, tmp: Path) -> None:
+    def _write(self, t: Training, tmp: Path, rngs: list[torch.Tensor]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file({n: p.detach().cpu().contiguous() for n, p in t.model.named_parameters() if p.requires_grad},
@@ -155,6 +161,8 @@ class Checkpoint:
                 save_file({n: w.cpu().contiguous() for n, w in t.best_weights.items()}, tmp / BEST)
         tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state(), "rng.shuffle": t.shuffle.get_state(),
                                             "rng.epoch_start": t.epoch_rng}
+        for r, rng in enumerate(rngs[1:], 1):
+            tensors[f"rng.torch.{r}"] = rng
         if torch.cuda.is_available():
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
                 tensors[f"rng.cuda.{i}"] = s
@@ -188,7 +196,8 @@ class Checkpoint:
                 params[name].copy_(value)
         t.optimizer.load_state_dict(_join(state["optimizer"], tensors))
         t.scheduler.load_state_dict(_join(state["scheduler"], tensors))
-        torch.set_rng_state(tensors["rng.torch"])
+        # Process r of a data-parallel run its own (a resume with more processes than saved: rank 0's).
+        torch.set_rng_state(tensors.get(f"rng.torch.{distributed.rank()}", tensors["rng.torch"]))
         t.shuffle.set_state(tensors["rng.shuffle"])
         if torch.cuda.is_available():
             cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
