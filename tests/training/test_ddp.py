@@ -1,5 +1,6 @@
 """Data-parallel training (`training/distributed.py`): `torchrun --nproc_per_node 2 tunelab train` with gloo on the
-CPU trains as one process does at the same global batch, writes the same run folder, and resumes exactly.
+CPU trains as one process does at the same global batch, writes the same run folder, and resumes exactly; so does
+`accelerate launch --multi_gpu --num_processes 2`.
 
 Tolerance: the two processes sum each step's gradients in another order than one process sums a batch's, so floats
 differ in their last bits (~1e-7 measured); the losses must agree to 1e-5, the weights to 1e-4, and every prediction
@@ -111,6 +112,17 @@ def test_two_processes_train_as_one_at_the_same_global_batch_and_resume_exactly(
         assert [r["prediction"] for r in p1] == [r["prediction"] for r in p2]
         for r1, r2 in zip(p1, p2):
             assert r1["scores"] == pytest.approx(r2["scores"], abs=1e-4)
+
+    # `accelerate launch --multi_gpu` starts the same processes through torchrun's machinery (on CPUs too; without
+    # --multi_gpu, on a machine without GPUs, it starts one): the same run, bit for bit.
+    accelerate = subprocess.run([str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu",
+                                 "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                                 "--dynamo_backend", "no", "-m", "tunelab.cli", "train", str(config),
+                                 "name=accelerate"], env=ENV, capture_output=True, text=True, timeout=240)
+    assert accelerate.returncode == 0, accelerate.stderr[-3000:]
+    assert json.loads((runs / "accelerate" / "metrics.json").read_text())["processes"] == 2
+    w4 = _weights(runs / "accelerate")
+    assert all(torch.equal(w2[k], w4[k]) for k in w2)
 
     # Killed before step 14 (mid-epoch 2): the checkpoint of step 12, written by rank 0, resumes both processes.
     script = tmp_path / "crashing.py"
