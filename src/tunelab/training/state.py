@@ -75,7 +75,8 @@ class Training:
               device: torch.device) -> "Training":
         """Seeded optimizer, scheduler and data order for a run of `cfg.epochs` epochs."""
         torch.manual_seed(cfg.seed)
-        model.to(device)
+        if getattr(model, "hf_quantizer", None) is None:  # 4-bit weights (QLoRA) stay where their loader put them
+            model.to(device)
         # The fused kernel updates every tensor in one pass (CPU and CUDA, since torch 2.4) instead of ~10 passes
         # per tensor; Hugging Face's Trainer picks it by default too (`adamw_torch_fused`).
         optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=learning_rate,
