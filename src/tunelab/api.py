@@ -167,8 +167,12 @@ def tune(config: RunConfig | str | Path | dict, overrides: list[str] | dict | No
     `run_folder` and `test` added. An interrupted search resumes from `storage` (default
     `<output>/<name>.tuning.db`)."""
     cfg = _config(config, overrides)
-    storage = Path(storage) if storage else Path(cfg.output) / f"{run_name(cfg)}.tuning.db"
-    result = search(cfg, trials, storage, minutes=minutes, keep_best=not search_only, log=log)
+    local = Path(cfg.output) / f"{run_name(cfg)}.tuning.db"
+    # A database URL is shared by workers on several machines; each keeps its best trial's model on its own disk.
+    storage = storage if storage and "://" in str(storage) else Path(storage) if storage else local
+    anchor = local if isinstance(storage, str) else storage  # the kept model: kept_folder(anchor)
+    result = search(cfg, trials, storage, minutes=minutes, keep_best=not search_only, kept=kept_folder(anchor),
+                    log=log)
     for line in trials_table(result):
         log(line)
     if result["best"] is None:
@@ -178,7 +182,7 @@ def tune(config: RunConfig | str | Path | dict, overrides: list[str] | dict | No
         + " ".join(as_overrides(best["params"])))
     if not search_only:
         best_cfg = load_config(with_params(cfg.to_dict(), best["params"]))
-        metrics = _run_of_kept_trial(best_cfg, storage, best["number"], overwrite, log)
+        metrics = _run_of_kept_trial(best_cfg, anchor, best["number"], overwrite, log)
         if metrics is None:  # the best trial ran in an earlier session of the search, before weights were kept
             metrics = train(best_cfg, overwrite=overwrite, log=log)
         result.update(run_folder=metrics["run_folder"], test=metrics["test"])
