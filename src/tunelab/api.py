@@ -40,6 +40,11 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | N
     `resume` continues the interrupted run of this config from its checkpoint (`.NAME.checkpoint/`).
     """
     cfg = _config(config, overrides)
+    unsupported = distributed.unsupported_launch()
+    if unsupported:
+        raise TunelabError(f"the accelerate config asks for {unsupported}, which tunelab's training loop does not do "
+                           f"(it trains data-parallel: every process holds the whole model); use distributed_type: "
+                           f"MULTI_GPU (configs/distributed/ddp.yaml) or torchrun --nproc_per_node N")
     processes = distributed.launched()  # started by torchrun: how many train together
     if cfg.train.batch_size % processes:
         below = max(1, cfg.train.batch_size // processes) * processes

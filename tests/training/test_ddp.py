@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from tunelab.api import train
 
+LAUNCH_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "distributed" / "ddp.yaml"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
 
 # Crashes both processes (like a kill) before their STEP-th optimizer update, as tests/training/test_checkpoint does.
@@ -113,12 +114,12 @@ def test_two_processes_train_as_one_at_the_same_global_batch_and_resume_exactly(
         for r1, r2 in zip(p1, p2):
             assert r1["scores"] == pytest.approx(r2["scores"], abs=1e-4)
 
-    # `accelerate launch --multi_gpu` starts the same processes through torchrun's machinery (on CPUs too; without
-    # --multi_gpu, on a machine without GPUs, it starts one): the same run, bit for bit.
-    accelerate = subprocess.run([str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu",
-                                 "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                                 "--dynamo_backend", "no", "-m", "tunelab.cli", "train", str(config),
-                                 "name=accelerate"], env=ENV, capture_output=True, text=True, timeout=240)
+    # `accelerate launch` with the shipped configs/distributed/ddp.yaml (distributed_type MULTI_GPU) starts the
+    # same processes through torchrun's machinery, on CPUs too (without MULTI_GPU, on a machine without GPUs, it
+    # starts one): the same run, bit for bit.
+    accelerate = subprocess.run([str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
+                                 str(LAUNCH_CONFIG), "-m", "tunelab.cli", "train", str(config), "name=accelerate"],
+                                env=ENV, capture_output=True, text=True, timeout=240)
     assert accelerate.returncode == 0, accelerate.stderr[-3000:]
     assert json.loads((runs / "accelerate" / "metrics.json").read_text())["processes"] == 2
     w4 = _weights(runs / "accelerate")
@@ -152,3 +153,14 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused_in_one_line(t
     assert done.stderr.strip().splitlines() == [
         "error: `train.batch_size` is the batch of all 2 processes together, so it must be a multiple of 2, got 7; "
         "set train.batch_size=6 or 8, or start a number of processes that divides it (torchrun --nproc_per_node)"]
+
+
+def test_an_accelerate_config_asking_for_fsdp_is_refused_in_one_line(tiny_config, tmp_path):
+    # `accelerate launch` with distributed_type FSDP sets this; the loop would run it as plain data parallelism.
+    config = _config(tiny_config, tmp_path)
+    done = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", str(config)],
+                          env={**ENV, "ACCELERATE_USE_FSDP": "true"}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the accelerate config asks for FSDP"), done.stderr
+    assert "configs/distributed/ddp.yaml" in lines[0]

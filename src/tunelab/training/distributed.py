@@ -37,6 +37,16 @@ def launched() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
+def unsupported_launch() -> str | None:
+    """What an `accelerate launch` config asked for that this loop does not do (FSDP, DeepSpeed), or None: it
+    would otherwise run as plain data parallelism, every process holding the whole model, without a word."""
+    for variable, what in (("ACCELERATE_USE_FSDP", "FSDP (distributed_type: FSDP)"),
+                           ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed (distributed_type: DEEPSPEED)")):
+        if os.environ.get(variable, "").lower() in ("1", "true", "yes"):
+            return what
+    return None
+
+
 def setup() -> int:
     """Join the process group when this process was started by torchrun (WORLD_SIZE > 1); returns its size."""
     if launched() > 1 and dist.is_available() and not dist.is_initialized():
