@@ -60,6 +60,7 @@ class Checkpoint:
         self.every = every  # steps between mid-epoch checkpoints; 0: none at all
         self.keep = keep  # complete checkpoints kept: the newest and keep - 1 before it
         self.best_step: int | None = None  # the step whose best weights the saved checkpoint holds
+        self.other_rngs: list[torch.Tensor] = []  # data-parallel: the RNG states of processes 1, 2, … to save
         old = self.folder.with_name(self.folder.name + ".old")
         if old.is_dir() and not self.folder.exists():  # killed between the renames of an older tunelab's `save`
             old.rename(self.folder)
@@ -119,9 +120,10 @@ class Checkpoint:
         if not distributed.is_main():
             self.best_step = t.state.best_step
             return
+        self.other_rngs = rngs[1:]  # processes 1, 2, …
         tmp = self.folder.with_name(self.folder.name + ".partial")
         try:
-            self._write(t, tmp, rngs)
+            self._write(t, tmp)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             if e.errno != errno.ENOSPC:
@@ -144,7 +146,7 @@ class Checkpoint:
                 shutil.rmtree(p, ignore_errors=True)
         self.best_step = t.state.best_step
 
-    def _write(self, t: Training, tmp: Path, rngs: list[torch.Tensor]) -> None:
+    def _write(self, t: Training, tmp: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file({n: p.detach().cpu().contiguous() for n, p in t.model.named_parameters() if p.requires_grad},
@@ -161,7 +163,7 @@ class Checkpoint:
                 save_file({n: w.cpu().contiguous() for n, w in t.best_weights.items()}, tmp / BEST)
         tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state(), "rng.shuffle": t.shuffle.get_state(),
                                             "rng.epoch_start": t.epoch_rng}
-        for r, rng in enumerate(rngs[1:], 1):
+        for r, rng in enumerate(self.other_rngs, 1):
             tensors[f"rng.torch.{r}"] = rng
         if torch.cuda.is_available():
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
