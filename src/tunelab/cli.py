@@ -227,7 +227,16 @@ def _serve(args) -> None:
         print("stopped serving")
 
 
+def _one_process(command: str) -> None:
+    """`compare` and `tune` start processes of their own: under torchrun each process would run the whole
+    command, and its children would inherit the rendezvous meant for the launcher's processes."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise TunelabError(f"`tunelab {command}` runs in one process and starts its own; launch it without torchrun "
+                           f"or accelerate (data-parallel training is `torchrun ... tunelab train CONFIG`)")
+
+
 def _compare(args) -> None:
+    _one_process("compare")
     from .comparison import compare
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     overrides = list(args.overrides or [])
@@ -240,6 +249,7 @@ def _compare(args) -> None:
 
 
 def _tune(args) -> None:
+    _one_process("tune")  # several machines share a search through --storage instead
     from .api import tune
     if args.trials < 1:
         raise TunelabError(f"--trials must be at least 1, got {args.trials}")

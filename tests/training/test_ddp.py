@@ -186,3 +186,15 @@ def test_generation_with_early_stopping_under_two_processes_is_the_one_process_r
     p1, p2 = _rows(runs / "one" / "predictions.jsonl"), _rows(runs / "two" / "predictions.jsonl")
     assert len(p1) == len(p2) > 2 and [r["prediction"] for r in p1] == [r["prediction"] for r in p2]
     assert _files(runs / "one") == _files(runs / "two")
+
+
+@pytest.mark.parametrize("command", ["compare", "tune"])
+def test_compare_and_tune_under_torchrun_are_refused_in_one_line(tiny_config, tmp_path, command):
+    config = _config(tiny_config, tmp_path)
+    done = subprocess.run([sys.executable, "-m", "tunelab.cli", command, str(config)],
+                          env={**ENV, "WORLD_SIZE": "2", "RANK": "1"}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: `tunelab {command}` runs in one process and starts its own; launch it without torchrun or "
+        f"accelerate (data-parallel training is `torchrun ... tunelab train CONFIG`)"]
+    assert not Path(yaml.safe_load(config.read_text())["output"]).exists()
