@@ -146,3 +146,34 @@ def test_an_unreachable_database_is_one_line(tiny_config, tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --storage postgresql://nobody@127.0.0.1:"), done.stderr
     assert "secret" not in done.stderr  # the password is not printed
+
+
+def test_a_trial_whose_machine_stopped_beating_runs_again_on_another_worker(tiny_config, tmp_path, monkeypatch):
+    # Another machine's RUNNING trial is not this machine's to judge (its pid cannot be checked): Optuna's heartbeat
+    # fails it once stale, and the setting runs again here. Grace shortened from 120 s to 1 s for the test.
+    import importlib
+
+    import optuna
+
+    from tunelab.settings import load_config
+    tune = importlib.import_module("tunelab.tune")  # (`tunelab.tune` the attribute is the API's function)
+    monkeypatch.setattr(tune, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(tune, "HEARTBEAT_GRACE", 1)
+    cfg = load_config(tiny_config("lora", train__epochs=1, tune={"pruning": False}))
+    storage = tmp_path / "shared.db"
+    tune.search(cfg, 1, storage, log=lambda _: None)  # the untuned trial
+    study = optuna.load_study(study_name="lora", storage=tune._storage(storage))
+    with pytest.warns(UserWarning, match="Heartbeat"):  # Optuna's note that workers use Study.optimize
+        lost = study.ask()  # a trial a worker on another machine began, then the machine died
+    tune.suggest(lost, tune.space_for(cfg))  # its setting drawn, as a worker draws it
+    lost.set_user_attr("worker", "12345.0othermac")
+    study._storage.record_heartbeat(lost._trial_id)
+    time.sleep(2.5)
+
+    result = tune.search(cfg, 3, storage, log=lambda _: None)
+    trials = study.get_trials()
+    assert trials[lost.number].state.name == "FAIL"
+    again = [t for t in trials if t.user_attrs.get("rerun_of") == lost.number]
+    assert len(again) == 1 and again[0].params == lost.params and again[0].state.name == "COMPLETE"
+    assert [r["number"] for r in result["trials"]] == [t.number for t in tune._counted(study)]
+    assert len(result["trials"]) == 3 and lost.number not in [r["number"] for r in result["trials"]]
