@@ -198,3 +198,30 @@ def test_compare_and_tune_under_torchrun_are_refused_in_one_line(tiny_config, tm
         f"error: `tunelab {command}` runs in one process and starts its own; launch it without torchrun or "
         f"accelerate (data-parallel training is `torchrun ... tunelab train CONFIG`)"]
     assert not Path(yaml.safe_load(config.read_text())["output"]).exists()
+
+
+def test_extractive_qa_under_two_processes_answers_every_question_once(tiny_qa_config, tmp_path):
+    # Extractive QA: several windows per long context, per-token logits of different widths in each process's
+    # part, gathered by feature and read back into one answer per question. The weights do not match the 1-process
+    # run's: transformers' span loss is a softmax over every position of the padded batch, padding included, and
+    # each process pads its part to its own longest window (as gradient accumulation pads each micro-batch), so only
+    # what does not depend on that is compared.
+    cfg = tiny_qa_config("full")
+    cfg["train"].update(dropout=0.0, learning_rate=1e-3)
+    config = tmp_path / "qa.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    runs = Path(cfg["output"])
+    one = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", str(config), "name=one"], env=ENV,
+                         capture_output=True, text=True, timeout=240)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _torchrun(config, "name=two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert _files(runs / "one") == _files(runs / "two")
+    for name in ("predictions.jsonl", "validation_predictions.jsonl"):
+        p1, p2 = _rows(runs / "one" / name), _rows(runs / "two" / name)
+        assert len(p1) == len(p2) > 2
+        assert [(r["question"], r["context"], r["answers"]) for r in p1] == \
+            [(r["question"], r["context"], r["answers"]) for r in p2]
+        assert all(isinstance(r["prediction"], str) and isinstance(r["score"], float) for r in p2)
+    h1, h2 = _rows(runs / "one" / "history.jsonl"), _rows(runs / "two" / "history.jsonl")
+    assert h1[0]["train_loss"] == pytest.approx(h2[0]["train_loss"], abs=1e-5)  # the first steps' parts pad alike
