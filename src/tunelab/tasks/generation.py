@@ -93,6 +93,7 @@ class GenerationTask(Task):
     lower_is_better = frozenset({"loss", "perplexity"})
     percent_metrics = frozenset({"chrf", "bleu"})
     peft_task_type = "CAUSAL_LM"
+    whole_batch_keys = ("logits_to_keep",)  # positions, the same for every row
     head_names = ()  # the language-model head is the pretrained one
     diagnostic_sample = 64  # generating is ~max_new_tokens forward passes per example
 

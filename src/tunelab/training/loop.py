@@ -50,10 +50,18 @@ def predict_scores(model: nn.Module, batches: Batches, batch_size: int, precisio
     # Longest first: each batch holds inputs of like length, so it pads little (the order of the outputs is
     # restored below), and the largest batch comes first, where a memory error would show at once.
     order = sorted(range(len(batches)), key=lambda i: -len(batches.features[i]["input_ids"]))
-    # Data-parallel: each process its contiguous part of that order; the parts are gathered back below.
-    mine = distributed.part(order)
-    for start in range(0, len(mine), batch_size):
-        batch = batches.batch(mine[start:start + batch_size])
+    # Data-parallel: each process scores its rows of every batch, collated with the whole batch so that they are
+    # padded as one process pads them (a span loss sees the padding); the rows are gathered back below.
+    mine: list[int] = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        rows = distributed.part(range(len(idx)))
+        if not len(rows):
+            continue
+        batch = batches.batch(idx)
+        if distributed.world() > 1:
+            batch = batches.rows_of(batch, rows)
+        mine += idx[rows.start:rows.stop]
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast(precision, device):
             out = model(**batch)
@@ -67,13 +75,13 @@ def predict_scores(model: nn.Module, batches: Batches, batch_size: int, precisio
     loss = distributed.total(sum(losses)) / n_targets if n_targets else None
     if not keep_outputs:
         return None, loss
-    if distributed.world() > 1:  # every process's outputs, in rank order: `order` again, each feature once
-        outputs = [torch.from_numpy(a) for a in distributed.gather([_concat(outputs)] if outputs else [])]
+    if distributed.world() > 1:  # every process's rows, each feature once
+        pieces = distributed.gather([(mine, _concat(outputs))] if outputs else [])
+        mine = [i for ids, _ in pieces for i in ids]
+        outputs = [torch.from_numpy(a) for _, a in pieces]
     if not outputs:
         return None, loss
-    in_order = np.empty(len(order), dtype=int)
-    in_order[order] = np.arange(len(order))
-    return _concat(outputs)[in_order], loss
+    return _concat(outputs)[np.argsort(mine)], loss  # back in feature order
 
 
 def _concat(chunks: list[torch.Tensor]) -> np.ndarray:
