@@ -19,6 +19,8 @@ setup: $(VENV)/.setup-stamp
 $(VENV)/.setup-stamp: pyproject.toml Makefile
 	@# Headless Chromium renders the comparison report in the tests (Debian's package; root here and in CI).
 	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+	@# PostgreSQL: tests/test_tune_storage.py starts a server of its own on loopback (a search shared by workers).
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'

@@ -53,9 +53,13 @@ def test_a_trial_below_the_others_is_pruned_within_its_first_epoch(tiny_config, 
     cfg = load_config(tiny_config("full", train__learning_rate=GOOD, train__epochs=10,
                                   tune={"space": {"full": {"learning_rate": {"choices": [BAD, GOOD]}}}}))
     storage = tmp_path / "t.db"
-    search(cfg, 3, storage, log=lambda _: None)  # three trials of the good rate learn the task
     import optuna
-    optuna.load_study(study_name="full", storage=f"sqlite:///{storage}").enqueue_trial({"learning_rate": BAD})
+    search(cfg, 1, storage, log=lambda _: None)  # three trials of the good rate learn the task (the untuned first)
+    study = optuna.load_study(study_name="full", storage=f"sqlite:///{storage}")
+    for _ in range(2):  # enqueued rather than drawn: which rate a trial draws depends on the seed
+        study.enqueue_trial({"learning_rate": GOOD})
+    search(cfg, 3, storage, log=lambda _: None)
+    study.enqueue_trial({"learning_rate": BAD})
     result = search(cfg, 4, storage, log=lambda _: None)
     assert [t["state"] for t in result["trials"][:3]] == ["COMPLETE"] * 3
     last = result["trials"][-1]

@@ -14,10 +14,11 @@ from .data.files import read_rows
 from .diagnostics import overfitting_warnings
 from .errors import TunelabError
 from .pipeline import data_for, fit, reload
-from .runs import RunLock, RunWriter, read_run, run_name, versions
+from .runs import RunLock, RunWriter, check_free, read_run, run_name, versions
 from .settings import from_dict, load_config
 from .tasks import task_for
 from .tracking import Tracking
+from .training import distributed
 from .training.checkpoint import Checkpoint
 from .training.memory import PeakMemory
 from .training.precision import device
@@ -39,15 +40,34 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | N
     `resume` continues the interrupted run of this config from its checkpoint (`.NAME.checkpoint/`).
     """
     cfg = _config(config, overrides)
+    unsupported = distributed.unsupported_launch()
+    if unsupported:
+        raise TunelabError(f"the accelerate config asks for {unsupported}, which tunelab's training loop does not do "
+                           f"(it trains data-parallel: every process holds the whole model); use distributed_type: "
+                           f"MULTI_GPU (configs/distributed/ddp.yaml) or torchrun --nproc_per_node N")
+    processes = distributed.launched()  # started by torchrun: how many train together
+    if cfg.train.batch_size % processes:
+        below = max(1, cfg.train.batch_size // processes) * processes
+        raise TunelabError(f"`train.batch_size` is the batch of all {processes} processes together, so it must be a "
+                           f"multiple of {processes}, got {cfg.train.batch_size}; set train.batch_size={below} or "
+                           f"{below + processes}, or start a number of processes that divides it (torchrun "
+                           f"--nproc_per_node)")
+    distributed.setup()  # join the others (a no-op outside torchrun)
     task = task_for(cfg)
     splits = data_for(cfg, task)
     folder = Path(cfg.output) / run_name(cfg)
-    with RunLock(folder):  # one writer per run name: a second process is refused, naming the first
-        return _train(cfg, task, splits, folder, overwrite, resume, log)
+    try:
+        if not distributed.is_main():  # the others train and evaluate their parts; rank 0 alone writes and logs
+            check_free(folder, overwrite)
+            return _train(cfg, task, splits, folder, overwrite, resume, lambda line: None, writes=False)
+        with RunLock(folder):  # one writer per run name: a second process is refused, naming the first
+            return _train(cfg, task, splits, folder, overwrite, resume, log)
+    finally:
+        distributed.finish()
 
 
 def _train(cfg: RunConfig, task, splits: Splits, folder: Path, overwrite: bool, resume: bool,
-           log: Callable[[str], None]) -> dict[str, Any]:
+           log: Callable[[str], None], writes: bool = True) -> dict[str, Any]:
     checkpoint = Checkpoint(folder, cfg.to_dict(), cfg.train.checkpoint_every,
                             resolve=lambda saved: load_config(saved).to_dict(), keep=cfg.train.keep_checkpoints)
     if resume:
@@ -55,12 +75,16 @@ def _train(cfg: RunConfig, task, splits: Splits, folder: Path, overwrite: bool, 
     elif checkpoint.exists():  # never start over silently on top of hours of someone's training
         raise TunelabError(f"{checkpoint.folder} holds an interrupted run of this name ({checkpoint.summary()}); "
                            f"pass --resume to continue it, or delete that folder to start over")
-    writer = RunWriter(folder, overwrite)
+    writer = RunWriter(folder, overwrite) if writes else None
+    processes = distributed.world()
     log(f"run {folder}: {cfg.method.name} on {cfg.data.source} "
-        f"({len(splits.train)} train / {len(splits.validation)} validation / {len(splits.test)} test)")
+        f"({len(splits.train)} train / {len(splits.validation)} validation / {len(splits.test)} test)"
+        + (f", data-parallel over {processes} processes ({cfg.train.batch_size // processes} examples of each "
+           f"batch of {cfg.train.batch_size} per process)" if processes > 1 else ""))
     tracking = Tracking([], log)
     try:
-        tracking = Tracking.open(cfg, writer.tmp, folder, log)  # before training: a store that fails ends it here
+        if writer:  # before training: a store that fails ends it here
+            tracking = Tracking.open(cfg, writer.tmp, folder, log)
         started = time.time()
         with PeakMemory() as memory:
             adapted = fit(cfg, splits, log, checkpoint=checkpoint, resume=resume, hooks=tracking)
@@ -68,11 +92,14 @@ def _train(cfg: RunConfig, task, splits: Splits, folder: Path, overwrite: bool, 
         fit_seconds = time.time() - started + (adapted.state.seconds_before_resume if adapted.state else 0.0)
         metrics = _write_run(cfg, task, splits, adapted, fit_seconds, memory.peak_mb, memory.device_peak_mb,
                              writer, log)
+        if not writer:
+            return metrics
         tracking.finished(metrics, adapted.state)
         run_folder = writer.commit()
     except BaseException as e:
         tracking.failed(e)
-        writer.discard()
+        if writer:
+            writer.discard()
         if checkpoint.exists():
             log(f"the checkpoint at {checkpoint.summary()} stays in {checkpoint.folder}: the same command with "
                 f"--resume continues from there")
@@ -85,7 +112,7 @@ def _train(cfg: RunConfig, task, splits: Splits, folder: Path, overwrite: bool, 
 
 
 def _write_run(cfg: RunConfig, task, splits: Splits, adapted, fit_seconds: float, peak_rss_mb: float,
-               device_peak_mb: float | None, writer: RunWriter, log: Callable[[str], None],
+               device_peak_mb: float | None, writer: RunWriter | None, log: Callable[[str], None],
                parameters: dict[str, Any] | None = None, from_trial: int | None = None) -> dict[str, Any]:
     """Evaluate a fitted method on validation and test and write its run folder's files; returns the metrics.
     `parameters` are the trained and total weights where the model no longer shows them (a reloaded one);
@@ -117,8 +144,12 @@ def _write_run(cfg: RunConfig, task, splits: Splits, adapted, fit_seconds: float
         "splits": splits.sizes(), "labels": splits.labels,
         "precision": adapted.precision, "device": device().type, "versions": versions(),
     }
+    if distributed.world() > 1:
+        metrics["processes"] = distributed.world()
     if from_trial is not None:
         metrics["from_trial"] = from_trial
+    if writer is None:  # another process of a data-parallel run: rank 0 writes
+        return metrics
     adapted.method.save(writer.path("model"))
     adapted.tokenizer.save_pretrained(writer.path("model"))
     writer.yaml("config.yaml", cfg.to_dict())
@@ -141,8 +172,12 @@ def tune(config: RunConfig | str | Path | dict, overrides: list[str] | dict | No
     `run_folder` and `test` added. An interrupted search resumes from `storage` (default
     `<output>/<name>.tuning.db`)."""
     cfg = _config(config, overrides)
-    storage = Path(storage) if storage else Path(cfg.output) / f"{run_name(cfg)}.tuning.db"
-    result = search(cfg, trials, storage, minutes=minutes, keep_best=not search_only, log=log)
+    local = Path(cfg.output) / f"{run_name(cfg)}.tuning.db"
+    # A database URL is shared by workers on several machines; each keeps its best trial's model on its own disk.
+    storage = storage if storage and "://" in str(storage) else Path(storage) if storage else local
+    anchor = local if isinstance(storage, str) else storage  # the kept model: kept_folder(anchor)
+    result = search(cfg, trials, storage, minutes=minutes, keep_best=not search_only, kept=kept_folder(anchor),
+                    log=log)
     for line in trials_table(result):
         log(line)
     if result["best"] is None:
@@ -152,7 +187,7 @@ def tune(config: RunConfig | str | Path | dict, overrides: list[str] | dict | No
         + " ".join(as_overrides(best["params"])))
     if not search_only:
         best_cfg = load_config(with_params(cfg.to_dict(), best["params"]))
-        metrics = _run_of_kept_trial(best_cfg, storage, best["number"], overwrite, log)
+        metrics = _run_of_kept_trial(best_cfg, anchor, best["number"], overwrite, log)
         if metrics is None:  # the best trial ran in an earlier session of the search, before weights were kept
             metrics = train(best_cfg, overwrite=overwrite, log=log)
         result.update(run_folder=metrics["run_folder"], test=metrics["test"])

@@ -113,14 +113,16 @@ def _parser() -> argparse.ArgumentParser:
                         "the best", description="Search the configured method's learning rate and own options with "
                         "Optuna (TPE, seeded by train.seed; trials that fall below the median after an epoch are "
                         "pruned), on the validation split only; then train the best setting as a run folder, which "
-                        "alone predicts the test split. Trials are stored in an SQLite file: the same command "
-                        "resumes an interrupted search. The space is `tune.space.<method>` (`tunelab config`).")
+                        "alone predicts the test split. Trials are stored in an SQLite file (or a shared database, "
+                        "--storage): the same command resumes an interrupted search. The space is `tune.space.<method>` (`tunelab config`).")
     tu.add_argument("config", help="YAML config file")
     tu.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of the config")
     tu.add_argument("--trials", type=int, default=8, help="trials to run in all, the untuned setting first "
                     "(default 8)")
     tu.add_argument("--minutes", type=float, help="time budget: no trial starts after this many minutes")
-    tu.add_argument("--storage", help="SQLite file of the trials (default: <output>/<name>.tuning.db)")
+    tu.add_argument("--storage", help="SQLite file of the trials (default: <output>/<name>.tuning.db), or a "
+                    "database URL (postgresql://USER:PASSWORD@HOST/DB, with psycopg2-binary installed) that the same "
+                    "command on several machines shares: together they run --trials trials, none twice")
     tu.add_argument("--search-only", action="store_true", help="search and print the best setting; train no run")
     tu.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same name")
 
@@ -225,7 +227,16 @@ def _serve(args) -> None:
         print("stopped serving")
 
 
+def _one_process(command: str) -> None:
+    """`compare` and `tune` start processes of their own: under torchrun each process would run the whole
+    command, and its children would inherit the rendezvous meant for the launcher's processes."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise TunelabError(f"`tunelab {command}` runs in one process and starts its own; launch it without torchrun "
+                           f"or accelerate (data-parallel training is `torchrun ... tunelab train CONFIG`)")
+
+
 def _compare(args) -> None:
+    _one_process("compare")
     from .comparison import compare
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     overrides = list(args.overrides or [])
@@ -238,6 +249,7 @@ def _compare(args) -> None:
 
 
 def _tune(args) -> None:
+    _one_process("tune")  # several machines share a search through --storage instead
     from .api import tune
     if args.trials < 1:
         raise TunelabError(f"--trials must be at least 1, got {args.trials}")

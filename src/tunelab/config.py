@@ -144,6 +144,11 @@ class TuneConfig:
                                    "trials stop being started once it is spent.", positive)
     pruning: bool = option(True, "Stop a trial after an epoch whose validation metric is below the median of "
                            "earlier trials at that epoch (Optuna's MedianPruner; the first two trials always run).")
+    startup_trials: int | None = option(None, "Trials drawn at random before TPE models the space (the untuned "
+                                        "first trial not counted). Each is drawn from train.seed and its trial "
+                                        "number alone, so several workers sharing one study (`--storage "
+                                        "postgresql://...`) draw the very ones a single worker would. Unset: half "
+                                        "the trials, at most 10.", positive)
     space: dict[str, dict[str, dict[str, Any]]] = option(
         doc="Search space per method, replacing that method's default parameters: "
             "{lora: {learning_rate: {low: 1.0e-4, high: 3.0e-3, log: true}, r: {choices: [4, 8, 16]}}}. A "

@@ -154,6 +154,18 @@ class RunLock:
         return host == _owner().split(".")[1] and pid.isdigit() and not _alive(int(pid))
 
 
+def this_process() -> str:
+    """'PID.HOST' of this process, for records shared between machines (a search's trials)."""
+    return _owner()
+
+
+def process_gone(owner: str) -> bool:
+    """Whether `owner` ('PID.HOST') was a process of this machine that no longer exists; one of another machine
+    cannot be checked (False)."""
+    pid, _, host = owner.partition(".")
+    return host == _owner().split(".")[1] and pid.isdigit() and not _alive(int(pid))
+
+
 def _owner() -> str:
     """'PID.HOST': a folder on a shared file system may belong to a live process of another machine."""
     host = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]

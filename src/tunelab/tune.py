@@ -21,10 +21,13 @@ is run again.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import time
+import warnings
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +35,7 @@ from .config import TRAIN_PARAMS, RunConfig, _merge, differences
 from .errors import TunelabError
 from .methods import METHODS
 from .pipeline import data_for, fit
+from .runs import process_gone, this_process
 from .settings import load_config
 from .tasks import task_for
 from .training.memory import PeakMemory
@@ -102,11 +106,13 @@ def as_overrides(params: dict[str, Any]) -> list[str]:
             else f"{'train' if k in TRAIN_PARAMS else 'method'}.{k}={v}" for k, v in params.items()]
 
 
-def search(cfg: RunConfig, trials: int, storage: Path, *, minutes: float | None = None, keep_best: bool = False,
-           log: Callable[[str], None] = print) -> dict[str, Any]:
+def search(cfg: RunConfig, trials: int, storage: str | Path, *, minutes: float | None = None,
+           keep_best: bool = False, kept: Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the search of `cfg.method` until `trials` trials have ended; returns `summary`.
 
-    With `keep_best`, each trial that beats every earlier one leaves its model in `kept_folder(storage)`."""
+    `storage` is an SQLite file, or a database URL (`postgresql://user@host/db`) that the same command on several
+    machines shares: each worker runs trials until the study holds `trials` of them, none twice. With `keep_best`,
+    each trial that beats every earlier one leaves its model in `kept` (default `kept_folder(storage)`)."""
     import optuna
 
     if METHODS.get(cfg.method.name).default_learning_rate is None:
@@ -119,9 +125,15 @@ def search(cfg: RunConfig, trials: int, storage: Path, *, minutes: float | None 
     direction = "minimize" if metric in task.lower_is_better else "maximize"
     space = space_for(cfg)
     study = _open_study(cfg, storage, direction, space, trials)
+    kept = kept or kept_folder(Path(storage))
     base = cfg.to_dict()
 
     def objective(trial) -> float:
+        trial.set_user_attr("worker", this_process())  # first: another worker must not take it for a dead one's
+        if _surplus(study, trial, trials):  # other workers have started the last trials meanwhile
+            trial.set_user_attr("surplus", True)
+            study.stop()
+            raise _Surplus()
         params = suggest(trial, space)
         trial_cfg = load_config(with_params(base, params))
         shown = ", ".join(as_overrides(params))
@@ -149,16 +161,91 @@ def search(cfg: RunConfig, trials: int, storage: Path, *, minutes: float | None 
         log(f"trial {trial.number}: validation {metric} {value:.4f} (best epoch {adapted.state.best_epoch}, "
             f"{seconds:.0f} s)")
         if keep_best and _beats_every_earlier(study, value):
-            _keep(adapted, trial.number, seconds, memory, kept_folder(storage))
+            _keep(adapted, trial.number, seconds, memory, kept)
         return value
 
     remaining = trials - len(_ended(study))
     if remaining > 0:
         log(f"search of {cfg.method.name}: {remaining} of {trials} trials to run, on validation {metric} "
-            f"({len(splits.validation)} examples); trials in {storage}")
+            f"({len(splits.validation)} examples); trials in {shown_storage(storage)}")
         study.optimize(objective, n_trials=remaining, timeout=minutes * 60 if minutes else None,
-                       catch=(TunelabError,), gc_after_trial=True)
+                       catch=(TunelabError, _Surplus), gc_after_trial=True)
     return summary(study, metric)
+
+
+class _Surplus(Exception):
+    """A trial beyond the number asked, begun because workers started trials at the same moment; it runs nothing."""
+
+
+def _surplus(study, trial, trials: int) -> bool:
+    """Whether `trials` trials of lower number (ended or running, by any worker) were there before this one."""
+    return len([t for t in _counted(study) if t.number < trial.number]) >= trials
+
+
+def _counted(study) -> list:
+    """The trials that count towards the number asked: begun, and neither one a kill interrupted (its setting
+    runs again) nor a surplus one."""
+    from optuna.trial import TrialState
+    trials = study.get_trials(deepcopy=False)
+    replaced = {t.user_attrs.get("rerun_of") for t in trials}
+    return [t for t in trials if t.state != TrialState.WAITING and not t.user_attrs.get("interrupted")
+            and not t.user_attrs.get("surplus") and t.number not in replaced]
+
+
+def storage_url(storage: str | Path) -> str:
+    """A database URL as given (`postgresql://...`, `sqlite:///...`); a path is an SQLite file. A bare
+    `postgresql://` goes through psycopg2 (SQLAlchemy 2.1's default driver for it is psycopg 3)."""
+    url = str(storage)
+    if "://" not in url:
+        return f"sqlite:///{url}"
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
+def shown_storage(storage: str | Path) -> str:
+    """For messages: the URL without its password."""
+    url = str(storage)
+    if "://" in url and "@" in url.split("://", 1)[1]:
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        return f"{scheme}://{credentials.split(':', 1)[0]}@{host}"
+    return url
+
+
+class TrialSeeded:
+    """Optuna's sampler for trial n: random draws seeded by (seed, n) for the first `startup` trials after the
+    untuned one, TPE seeded by (seed, n) after them. The sampler is made afresh for each trial, so a trial's
+    startup draw depends on its number alone, not on which process draws it or what it drew before: the workers
+    of a shared study draw the startup trials one worker would (a per-process seeded sampler would draw the same
+    values in every worker)."""
+
+    def __new__(cls, seed: int, startup: int):
+        import optuna
+
+        class Sampler(optuna.samplers.BaseSampler):
+            def __init__(self):
+                self.inner = optuna.samplers.RandomSampler(seed=seed)
+
+            def before_trial(self, study, trial):
+                trial_seed = (seed * 1_000_003 + trial.number) % 2**32
+                self.inner = (optuna.samplers.RandomSampler(seed=trial_seed) if trial.number <= startup else
+                              optuna.samplers.TPESampler(seed=trial_seed, n_startup_trials=0))
+                self.inner.before_trial(study, trial)
+
+            def infer_relative_search_space(self, study, trial):
+                return self.inner.infer_relative_search_space(study, trial)
+
+            def sample_relative(self, study, trial, search_space):
+                return self.inner.sample_relative(study, trial, search_space)
+
+            def sample_independent(self, study, trial, param_name, param_distribution):
+                return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+            def after_trial(self, study, trial, state, values):
+                self.inner.after_trial(study, trial, state, values)
+
+        return Sampler()
 
 
 def epochs_text(epochs: float) -> str:
@@ -204,33 +291,97 @@ def kept_trial(storage: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _open_study(cfg: RunConfig, storage: Path, direction: str, space: dict[str, Any], trials: int):
+def _open_study(cfg: RunConfig, storage: str | Path, direction: str, space: dict[str, Any], trials: int):
     import optuna
-    storage.parent.mkdir(parents=True, exist_ok=True)
-    n_random = max(1, min(10, trials // 2))  # TPE models the space after this many random trials
-    study = optuna.create_study(study_name=cfg.method.name, storage=f"sqlite:///{storage}", load_if_exists=True,
-                                direction=direction, sampler=optuna.samplers.TPESampler(seed=cfg.train.seed,
-                                                                                        n_startup_trials=n_random),
-                                pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3))
+    if "://" not in str(storage):
+        Path(storage).parent.mkdir(parents=True, exist_ok=True)
+    startup = cfg.tune.startup_trials or max(1, min(10, trials // 2))  # TPE models the space after these
+    options = {"sampler": TrialSeeded(cfg.train.seed, startup),
+               "pruner": optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)}
+    rdb = _storage(storage)
+    # Of workers starting together on one database, exactly one creates the study; it alone writes the
+    # fingerprint and enqueues the untuned trial, which would otherwise run once per worker.
+    try:
+        study = optuna.create_study(study_name=cfg.method.name, storage=rdb, direction=direction, **options)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=cfg.method.name, storage=rdb, **options)
+        created = False
     # A search resumes only with the config and space it began with: its trials would not compare otherwise.
-    # How many trials, and the comparison's seeds, may change between sessions of one search; the rest may not.
+    # How many trials, the comparison's seeds, and where runs are written may change between sessions and
+    # workers of one search; the rest may not.
     fingerprint = {"config": {k: v for k, v in cfg.to_dict().items() if k not in ("tune", "compare")},
                    "space": space, "pruner": PRUNER if cfg.tune.pruning else None}
     had = study.user_attrs.get("fingerprint")
+    for _ in range(100):  # a worker that loaded the study as another created it: the fingerprint follows
+        if had is not None or created:
+            break
+        time.sleep(0.1)
+        had = optuna.load_study(study_name=cfg.method.name, storage=rdb).user_attrs.get("fingerprint")
     if had is None:
         study.set_user_attr("fingerprint", fingerprint)
         study.enqueue_trial(current_params(cfg, space), user_attrs={"default": True})
-    elif differences(had, _plain(fingerprint)):
-        changed = "; ".join(differences(had, _plain(fingerprint))[:3])
-        raise TunelabError(f"{storage} holds a search of {cfg.method.name} with another config ({changed}); "
-                           f"delete that file to start over, or choose another --storage")
+    else:
+        changed = differences(_where_free(had), _where_free(_plain(fingerprint)))
+        if changed:
+            raise TunelabError(f"{shown_storage(storage)} holds a search of {cfg.method.name} with another config "
+                               f"({'; '.join(changed[:3])}); delete it to start over, or choose another --storage")
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        # Left running by a killed process (a search runs in one process at a time): mark it failed and run its
-        # setting again, so that a kill costs only the trial it interrupted.
+        # Left running by a killed process of this machine: mark it failed and run its setting again, so that a
+        # kill costs only the trial it interrupted. Another machine's trial is its worker's (or, once that stops
+        # beating, Optuna's heartbeat fails it and `_rerun` enqueues it).
+        worker = t.user_attrs.get("worker")
+        # (No worker yet: a trial that an older tunelab ran, or one a worker has just begun and is naming.)
+        orphan = worker is None and (datetime.now() - t.datetime_start).total_seconds() > 60
+        if orphan or (worker is not None and process_gone(worker)):
+            _rerun(study, t)
+    return study
+
+
+def _storage(storage: str | Path):
+    """Optuna's storage for `storage`, with a heartbeat: a trial whose worker stopped beating for
+    `HEARTBEAT_GRACE` seconds (a killed machine) is failed and its setting run again by another worker."""
+    import optuna
+    import sqlalchemy.exc
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():  # the heartbeat is marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    storage_url(storage), heartbeat_interval=HEARTBEAT_SECONDS, grace_period=HEARTBEAT_GRACE,
+                    heartbeat_stale_trial_callback=lambda study, trial: _rerun(study, trial, fail=False))
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            time.sleep(0.5 * (attempt + 1))  # two workers creating the tables of a new database at once
+        except sqlalchemy.exc.OperationalError as e:
+            raise TunelabError(f"--storage {shown_storage(storage)}: cannot open the database "
+                               f"({str(e.orig).strip().splitlines()[0] if e.orig else e}); check the URL, that the "
+                               f"server runs and that this user may connect") from None
+        except ImportError:
+            raise TunelabError(f"--storage {shown_storage(storage)}: the database's Python driver is not "
+                               f"installed; pip install psycopg2-binary for postgresql:// URLs") from None
+    raise TunelabError(f"--storage {shown_storage(storage)}: the database's tables could not be created; try again")
+
+
+HEARTBEAT_SECONDS, HEARTBEAT_GRACE = 30, 120
+
+
+def _rerun(study, t, fail: bool = True) -> None:
+    """Enqueue the setting of trial `t` again, and mark `t` interrupted (failed, not counted). Optuna's heartbeat
+    has failed its stale trials already, which then take no mark: the enqueued trial names them (`rerun_of`)."""
+    import optuna
+    attrs = {k: v for k, v in t.user_attrs.items() if k == "default"}
+    if fail:
         study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
         study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={k: v for k, v in t.user_attrs.items() if k == "default"})
-    return study
+    else:
+        attrs["rerun_of"] = t.number
+    study.enqueue_trial(t.params, user_attrs=attrs)
+
+
+def _where_free(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """A fingerprint without the keys that only say where results are written (each worker its own)."""
+    config = {k: v for k, v in fingerprint.get("config", {}).items() if k not in ("output", "name")}
+    return {**fingerprint, "config": config}
 
 
 def _plain(value: Any) -> Any:
@@ -241,17 +392,14 @@ def _plain(value: Any) -> Any:
 def _ended(study) -> list:
     """Trials that count towards the number asked: every ended trial but those a kill interrupted."""
     from optuna.trial import TrialState
-    return [t for t in study.get_trials(deepcopy=False)
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) and not t.user_attrs.get("interrupted")]
+    return [t for t in _counted(study) if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
 
 
 def summary(study, metric: str) -> dict[str, Any]:
     """The trials as plain data (for comparison.json and the report)."""
     from optuna.trial import TrialState
     rows = []
-    for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("interrupted"):
-            continue
+    for t in _counted(study):
         last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
         rows.append({"number": t.number, "state": t.state.name, "params": dict(t.params),
                      "value": t.value if t.state == TrialState.COMPLETE else last,
@@ -271,7 +419,7 @@ def summary(study, metric: str) -> dict[str, Any]:
 def load_summary(storage: Path, method: str, metric: str) -> dict[str, Any]:
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return summary(optuna.load_study(study_name=method, storage=f"sqlite:///{storage}"), metric)
+    return summary(optuna.load_study(study_name=method, storage=storage_url(storage)), metric)
 
 
 def trials_table(result: dict[str, Any]) -> list[str]:

@@ -141,12 +141,18 @@ class TrainedMethod(Method):
         the one saved there)."""
         raise NotImplementedError
 
+    def load_options(self) -> dict[str, Any]:
+        """Extra keywords for the base model's `from_pretrained` (a quantization config)."""
+        return {}
+
     # -- the interface -----------------------------------------------------------------------
     def setup(self, run: Run) -> None:
         self.run = run
         model = self._load_base()
         self.head_modules = head_modules(model, self.newly_initialised, run.task.head_names)
-        self.model = self.prepare(model, self.head_modules, run.task.peft_task_type).to(device())
+        self.model = self.prepare(model, self.head_modules, run.task.peft_task_type)
+        if getattr(self.model, "hf_quantizer", None) is None:  # a quantized model is placed by its loader
+            self.model.to(device())
         if run.cfg.train.gradient_checkpointing:
             enable_gradient_checkpointing(self.model, run.cfg.model)
         self.precision = resolve(run.cfg.train.precision, device())
@@ -163,7 +169,7 @@ class TrainedMethod(Method):
         torch.manual_seed(cfg.train.seed)  # the new head's initialisation is part of the run's seed
         model, self.newly_initialised = models.load_model(
             task.auto_class(), Path(folder or self.run.folder), allow_unsafe=cfg.allow_unsafe_weights,
-            dropout=cfg.train.dropout, **task.model_kwargs(self.run.labels))
+            dropout=cfg.train.dropout, **task.model_kwargs(self.run.labels), **self.load_options())
         models.check_tokenizer(self.run.tokenizer, model, Path(folder or self.run.folder))
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self.run.tokenizer.pad_token_id  # decoders pool the last non-pad token

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Literal
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..training.precision import device
 from ..typed import fraction, option, positive
 from .base import TrainedMethod
 from .registry import register
@@ -33,6 +35,10 @@ class LoraOptions:
                                               "for the architecture (query, value for BERT; q_proj, v_proj for "
                                               "Llama).")
     use_dora: bool = option(False, "Weight-decomposed LoRA (DoRA).")
+    quantize: Literal["4bit"] | None = option(None, "`4bit`: QLoRA (Dettmers et al. 2023), the frozen base weights "
+                                              "loaded in 4-bit NF4 through bitsandbytes (CUDA only; `pip install "
+                                              "bitsandbytes`), the LoRA weights trained in full precision. Unset: "
+                                              "the base weights in full precision.")
 
 
 @dataclass
@@ -74,6 +80,23 @@ class Lora(PeftMethod):
     search_space = {"r": {"choices": [4, 8, 16]}, "alpha": {"choices": [8, 16, 32]}}
     description = "low-rank updates of frozen weights, through peft (use_dora for DoRA)"
 
+    def setup(self, run) -> None:
+        # Before the model loads: a CPU machine, or one without bitsandbytes, is refused in one line.
+        self.quantization = quantization_config(self.options.quantize)
+        super().setup(run)
+
+    def load_options(self) -> dict[str, Any]:
+        if getattr(self, "quantization", None) is None:
+            # A finished QLoRA run (eval, predict, serve) loads its adapter on the full-precision base.
+            return {}
+        return {"quantization_config": self.quantization, "device_map": {"": device().index or 0}}
+
+    def prepare(self, model: nn.Module, head_modules: list[str], task_type: str = "SEQ_CLS") -> nn.Module:
+        if getattr(self, "quantization", None) is not None:
+            from peft import prepare_model_for_kbit_training  # norms in fp32, input gradients for checkpointing
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        return super().prepare(model, head_modules, task_type)
+
     def peft_config(self, head_modules: list[str], task_type: str):
         from peft import LoraConfig
         o = self.options
@@ -93,3 +116,24 @@ class Ia3(PeftMethod):
         o = self.options
         return IA3Config(target_modules=o.target_modules, feedforward_modules=o.feedforward_modules,
                          modules_to_save=list(head_modules), task_type=task_type)
+
+
+def quantization_config(quantize: str | None):
+    """The `BitsAndBytesConfig` of `method.quantize` (None when unset); a machine that cannot run it is a
+    one-line `ConfigError` that names the key and the fix."""
+    if quantize is None:
+        return None
+    if device().type != "cuda":
+        raise ConfigError(f"`method.quantize: {quantize}` (QLoRA) needs a CUDA GPU: bitsandbytes' 4-bit kernels do "
+                          f"not run on this machine's CPU; remove method.quantize (or set method.quantize=null) to "
+                          f"train LoRA on full-precision weights here")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"`method.quantize: {quantize}` (QLoRA) needs the bitsandbytes package, which is not "
+                          f"installed: `pip install bitsandbytes`, or remove method.quantize") from None
+    from transformers import BitsAndBytesConfig
+    # NF4 with double quantization and bf16 compute: the QLoRA paper's recipe.
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported()
+                              else torch.float16)

@@ -41,6 +41,9 @@ class Task:
     # The task head's modules in the Auto* model this task loads: every method trains them. Named, not only found
     # among the newly initialised modules, since a checkpoint saved with a head would not report it missing.
     head_names: ClassVar[tuple[str, ...]] = ("classifier", "score", "pooler")
+    # Batch entries that are not one row per feature (data-parallel training gives each process some rows of a
+    # collated batch, and these whole).
+    whole_batch_keys: ClassVar[tuple[str, ...]] = ()
     stratified: ClassVar[bool] = False  # whether splits keep each label's share of the examples
     diagnostic_sample: ClassVar[int] = 1000  # train examples scored for the train/validation gap
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..data import Example
 from ..errors import TrainingError, TunelabError
+from ..training import distributed
 from ..training.batches import Batches
 from ..training.loop import predict_scores
 from ..training.precision import autocast
@@ -92,6 +93,7 @@ class GenerationTask(Task):
     lower_is_better = frozenset({"loss", "perplexity"})
     percent_metrics = frozenset({"chrf", "bleu"})
     peft_task_type = "CAUSAL_LM"
+    whole_batch_keys = ("logits_to_keep",)  # positions, the same for every row
     head_names = ()  # the language-model head is the pretrained one
     diagnostic_sample = 64  # generating is ~max_new_tokens forward passes per example
 
@@ -260,8 +262,9 @@ class GenerationTask(Task):
         # Batches of prompts of similar length pad less; the answers are put back in example order.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         texts: list[str] = [""] * len(prompts)
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
+        mine = distributed.part(order)  # data-parallel: each process its part, gathered below
+        for start in range(0, len(mine), batch_size):
+            rows = mine[start:start + batch_size]
             input_ids, attention_mask = left_pad([prompts[i] for i in rows], pad)
             with autocast(precision, device):
                 generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
@@ -269,6 +272,9 @@ class GenerationTask(Task):
             answers = tokenizer.batch_decode(generated[:, input_ids.shape[1]:].cpu(), skip_special_tokens=True)
             for i, answer in zip(rows, answers):
                 texts[i] = cut_at_stop(answer, o.stop)
+        if distributed.world() > 1:
+            for i, text in distributed.gather([(i, texts[i]) for i in mine]):
+                texts[i] = text
         return texts
 
     def predictions(self, outputs: Generated, labels: list[str]) -> list[str]:

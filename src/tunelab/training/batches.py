@@ -10,6 +10,7 @@ from typing import Iterator
 import torch
 
 from ..data import Example
+from .distributed import part
 
 
 class Batches:
@@ -38,15 +39,30 @@ class Batches:
             yield self.batch(order[start:start + batch_size])
 
     def steps(self, batch_size: int, accumulate: int = 1, generator: torch.Generator | None = None,
-              group_by_length: bool = False, skip: int = 0) -> Iterator[list[dict[str, torch.Tensor]]]:
+              group_by_length: bool = False, skip: int = 0, rank: int = 0, world: int = 1
+              ) -> Iterator[list[dict[str, torch.Tensor] | None]]:
         """One list of micro-batches per optimisation step: the batches of `iterate` at batch_size × accumulate,
         each cut into `accumulate` micro-batches of `batch_size` (each padded to its own longest). The steps hold
-        the same examples as at batch_size × accumulate without accumulation, so the two train alike."""
+        the same examples as at batch_size × accumulate without accumulation, so the two train alike.
+
+        With `world` processes (data-parallel training, `distributed.py`), every process draws the same order and
+        process `rank` keeps its rows of each micro-batch (`distributed.part`: batch_size / world examples, the
+        length grouping included), collated with the whole micro-batch, so padded as one process pads it (a span
+        loss over every position sees the padding); None where a short last micro-batch leaves it nothing."""
         step = batch_size * accumulate
         order = self._order(step, generator, group_by_length)
         for start in range(skip * step, len(order), step):
             idx = order[start:start + step]
-            yield [self.batch(idx[j:j + batch_size]) for j in range(0, len(idx), batch_size)]
+            micro = [idx[j:j + batch_size] for j in range(0, len(idx), batch_size)]
+            if world == 1:
+                yield [self.batch(m) for m in micro]
+                continue
+            rows = [part(range(len(m)), rank, world) for m in micro]
+            yield [self.rows_of(self.batch(m), r) if len(r) else None for m, r in zip(micro, rows)]
+
+    def rows_of(self, batch: dict[str, torch.Tensor], rows: range) -> dict[str, torch.Tensor]:
+        """Rows `rows` of a collated batch (and the entries that are the batch's as a whole)."""
+        return {k: v if k in self.task.whole_batch_keys else v[rows.start:rows.stop] for k, v in batch.items()}
 
     def _order(self, batch_size: int, generator: torch.Generator | None, group_by_length: bool) -> list[int]:
         order = torch.randperm(len(self), generator=generator).tolist() if generator is not None \

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import differences
 from ..errors import TunelabError
+from . import distributed
 from .state import Training, TrainState
 
 WEIGHTS, BEST, STATE, TENSORS, CONFIG = ("weights.safetensors", "best.safetensors", "trainer_state.json",
@@ -59,6 +60,7 @@ class Checkpoint:
         self.every = every  # steps between mid-epoch checkpoints; 0: none at all
         self.keep = keep  # complete checkpoints kept: the newest and keep - 1 before it
         self.best_step: int | None = None  # the step whose best weights the saved checkpoint holds
+        self.other_rngs: list[torch.Tensor] = []  # data-parallel: the RNG states of processes 1, 2, … to save
         old = self.folder.with_name(self.folder.name + ".old")
         if old.is_dir() and not self.folder.exists():  # killed between the renames of an older tunelab's `save`
             old.rename(self.folder)
@@ -113,6 +115,12 @@ class Checkpoint:
         """Write `t` (the whole of a run's training) as the newest checkpoint; the older ones move down a place
         only once it is complete, and the oldest beyond `keep` goes. A full disk ends with one clear line and
         leaves the checkpoints that were there."""
+        # Data-parallel: every process's dropout RNG goes in, rank 0 alone writes.
+        rngs = distributed.gather_to_main(torch.get_rng_state())
+        if not distributed.is_main():
+            self.best_step = t.state.best_step
+            return
+        self.other_rngs = rngs[1:]  # processes 1, 2, …
         tmp = self.folder.with_name(self.folder.name + ".partial")
         try:
             self._write(t, tmp)
@@ -155,6 +163,8 @@ class Checkpoint:
                 save_file({n: w.cpu().contiguous() for n, w in t.best_weights.items()}, tmp / BEST)
         tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state(), "rng.shuffle": t.shuffle.get_state(),
                                             "rng.epoch_start": t.epoch_rng}
+        for r, rng in enumerate(self.other_rngs, 1):
+            tensors[f"rng.torch.{r}"] = rng
         if torch.cuda.is_available():
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
                 tensors[f"rng.cuda.{i}"] = s
@@ -188,7 +198,8 @@ class Checkpoint:
                 params[name].copy_(value)
         t.optimizer.load_state_dict(_join(state["optimizer"], tensors))
         t.scheduler.load_state_dict(_join(state["scheduler"], tensors))
-        torch.set_rng_state(tensors["rng.torch"])
+        # Process r of a data-parallel run its own (a resume with more processes than saved: rank 0's).
+        torch.set_rng_state(tensors.get(f"rng.torch.{distributed.rank()}", tensors["rng.torch"]))
         t.shuffle.set_state(tensors["rng.shuffle"])
         if torch.cuda.is_available():
             cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .batches import Batches
 from .checkpoint import Checkpoint
 from .interrupt import deferred_stop, stop_for
@@ -49,8 +50,18 @@ def predict_scores(model: nn.Module, batches: Batches, batch_size: int, precisio
     # Longest first: each batch holds inputs of like length, so it pads little (the order of the outputs is
     # restored below), and the largest batch comes first, where a memory error would show at once.
     order = sorted(range(len(batches)), key=lambda i: -len(batches.features[i]["input_ids"]))
+    # Data-parallel: each process scores its rows of every batch, collated with the whole batch so that they are
+    # padded as one process pads them (a span loss sees the padding); the rows are gathered back below.
+    mine: list[int] = []
     for start in range(0, len(order), batch_size):
-        batch = batches.batch(order[start:start + batch_size])
+        idx = order[start:start + batch_size]
+        rows = distributed.part(range(len(idx)))
+        if not len(rows):
+            continue
+        batch = batches.batch(idx)
+        if distributed.world() > 1:
+            batch = batches.rows_of(batch, rows)
+        mine += idx[rows.start:rows.stop]
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast(precision, device):
             out = model(**batch)
@@ -60,12 +71,17 @@ def predict_scores(model: nn.Module, batches: Batches, batch_size: int, precisio
             n = batches.task.n_targets(batch)
             losses.append(float(out.loss) * n)
             counts.append(n)
-    loss = sum(losses) / sum(counts) if counts else None
-    if not keep_outputs or not outputs:
+    n_targets = distributed.total(sum(counts))
+    loss = distributed.total(sum(losses)) / n_targets if n_targets else None
+    if not keep_outputs:
         return None, loss
-    in_order = np.empty(len(order), dtype=int)
-    in_order[order] = np.arange(len(order))
-    return _concat(outputs)[in_order], loss
+    if distributed.world() > 1:  # every process's rows, each feature once
+        pieces = distributed.gather([(mine, _concat(outputs))] if outputs else [])
+        mine = [i for ids, _ in pieces for i in ids]
+        outputs = [torch.from_numpy(a) for _, a in pieces]
+    if not outputs:
+        return None, loss
+    return _concat(outputs)[np.argsort(mine)], loss  # back in feature order
 
 
 def _concat(chunks: list[torch.Tensor]) -> np.ndarray:
@@ -116,8 +132,8 @@ def train(training: Training, batches: Batches, evaluate: Callable[[], dict[str,
     with deferred_stop() as asked:  # Ctrl-C / SIGTERM: finish the step, save there, then stop
 
         def stop_if_asked(saved: bool) -> None:
-            signum = asked()
-            if signum is None:
+            signum = distributed.largest(asked() or 0)  # stop on every process, or on none
+            if not signum:
                 return
             if checkpoint and checkpoint.every and not saved:
                 checkpoint.save(t)
@@ -137,7 +153,8 @@ def train(training: Training, batches: Batches, evaluate: Callable[[], dict[str,
             every, started = (max(1, steps_per_epoch // 5) if bar.disable else 0), time.time()
             reports = {steps_per_epoch * k // first_epoch_reports: k / first_epoch_reports
                        for k in range(1, first_epoch_reports)} if epoch == 0 and on_evaluation else {}
-            for micro in batches.steps(cfg.batch_size, accumulate, t.shuffle, cfg.group_by_length, skip=skip):
+            for micro in batches.steps(cfg.batch_size, accumulate, t.shuffle, cfg.group_by_length, skip=skip,
+                                       rank=distributed.rank(), world=distributed.world()):
                 loss = t.step(micro, batches.task.n_targets)
                 t.batches_done += 1
                 done = t.batches_done
@@ -162,7 +179,7 @@ def train(training: Training, batches: Batches, evaluate: Callable[[], dict[str,
             if t.since_log:  # the epoch's last steps (all of a run shorter than log_every): its curve must not be empty
                 record(t.record_loss(state.epoch))
 
-            scores = evaluate()
+            scores = distributed.agree(evaluate())  # the same decisions below on every process
             value = scores[metric]
             state.history.append({"step": state.step, "epoch": state.epoch, "time": time.time(),
                                   **{f"validation_{k}": v for k, v in scores.items()}})

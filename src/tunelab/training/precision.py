@@ -7,6 +7,8 @@ from functools import lru_cache
 
 import torch
 
+from . import distributed
+
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -64,7 +66,8 @@ def resolve(precision: str, dev: torch.device) -> str:
         return precision
     if dev.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_bf16_is_faster() else "fp32"
+    # Timed: in data-parallel training rank 0's choice holds for all, or the processes would train differently.
+    return distributed.agree("bf16" if cpu_bf16_is_faster() else "fp32")
 
 
 def autocast(precision: str, dev: torch.device):

@@ -18,6 +18,7 @@ from transformers import get_scheduler
 
 from ..config import TrainConfig
 from ..errors import TrainingError
+from . import distributed
 from .precision import autocast
 
 
@@ -74,7 +75,8 @@ class Training:
               device: torch.device) -> "Training":
         """Seeded optimizer, scheduler and data order for a run of `cfg.epochs` epochs."""
         torch.manual_seed(cfg.seed)
-        model.to(device)
+        if getattr(model, "hf_quantizer", None) is None:  # 4-bit weights (QLoRA) stay where their loader put them
+            model.to(device)
         # The fused kernel updates every tensor in one pass (CPU and CUDA, since torch 2.4) instead of ~10 passes
         # per tensor; Hugging Face's Trainer picks it by default too (`adamw_torch_fused`).
         optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=learning_rate,
@@ -85,24 +87,35 @@ class Training:
         shuffle = torch.Generator().manual_seed(cfg.seed)
         training = cls(model, cfg, learning_rate, optimizer, scheduler, shuffle, precision, device, total)
         training.trainable = [p for p in model.parameters() if p.requires_grad]
+        if distributed.world() > 1:
+            distributed.broadcast_parameters(training.trainable)  # one starting point for every process
+            torch.manual_seed(cfg.seed + distributed.rank())  # dropout: each process its own masks
         training.best_weights = trainable_copy(model)
         training.epoch_rng = shuffle.get_state()
         return training
 
-    def step(self, batch: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]],
+    def step(self, batch: dict[str, torch.Tensor] | list[dict[str, torch.Tensor] | None],
              n_targets: Callable[[dict[str, torch.Tensor]], int] | None = None) -> float:
         """One optimisation step on `batch`, or on a list of micro-batches whose gradients add up (gradient
         accumulation); returns the step's loss.
 
         Micro-batch i's loss is a mean over its n_i targets (`n_targets`: examples, or answer tokens), so it is
         weighted n_i / Σn: the gradient is that of the mean over all the step's targets, as one large batch gives.
-        Weighting by micro-batch instead would overweight the targets of a micro-batch with few answer tokens."""
+        Weighting by micro-batch instead would overweight the targets of a micro-batch with few answer tokens.
+
+        In data-parallel training the micro-batches are this process's parts (None: an empty one), Σn runs over
+        every process's, and the weighted gradients and losses are summed over the processes
+        (`distributed.sum_gradients`): every process takes the same update, the one of the whole batch."""
         micro = batch if isinstance(batch, list) else [batch]
-        micro = [{k: v.to(self.device) for k, v in b.items()} for b in micro]
-        counts = [n_targets(b) for b in micro] if n_targets and len(micro) > 1 else [1] * len(micro)
-        total = sum(counts)
+        micro = [None if b is None else {k: v.to(self.device) for k, v in b.items()} for b in micro]
+        parallel = distributed.world() > 1
+        counts = [0 if b is None else n_targets(b) if n_targets and (len(micro) > 1 or parallel) else 1
+                  for b in micro]
+        total = distributed.total(sum(counts))
         value, problem = 0.0, None
         for b, n in zip(micro, counts):
+            if b is None:
+                continue
             with autocast(self.precision, self.device):
                 loss = self.model(**b).loss
             part = float(loss.detach())
@@ -110,7 +123,11 @@ class Training:
                 problem = f"the training loss became {part}"
                 break
             value += part * n / total
-            (loss if len(micro) == 1 else loss * (n / total)).backward()
+            (loss if n == total else loss * (n / total)).backward()
+        if parallel:  # every process must take the same decision below: a problem on one is one on all
+            value, bad = distributed.sum_gradients(self.trainable, [value, float(problem is not None)])
+            if bad and problem is None:
+                problem = "the training loss became non-finite in another process"
         if problem is None:
             # The norm is computed even without clipping (max_norm inf scales by exactly 1): a finite loss can
             # still give inf or NaN gradients (an overflow in the backward pass), which must not reach the weights.
