@@ -86,7 +86,10 @@ def build(task: str, model: str, source: str, columns: dict[str, str], methods: 
         cfg["name"] = name
     data: dict[str, Any] = {"source": source, "max_length": int(max_length)}
     if source not in DATASETS:
-        mapped = {role: col for role, col in columns.items() if col and col != NONE and role in ROLES.get(task, ())}
+        # A required role left unmapped keeps its default column (its own name), so that a file without it gets
+        # the reader's message naming the file's columns.
+        mapped = {role: col if col and col != NONE else role for role, col in columns.items()
+                  if role in ROLES.get(task, ()) and (role not in OPTIONAL or col and col != NONE)}
         if mapped:
             data["columns"] = mapped
     if max_examples:

@@ -1,0 +1,230 @@
+"""`tunelab ui` driven in a real headless Chromium (Debian's, through Playwright): upload a CSV, map its columns,
+compare two methods on the tiny BERT, watch, read the results and ask the playground; and bad uploads, which show
+the CLI's own line while the server goes on. Screenshots go to the test's tmp_path."""
+from __future__ import annotations
+
+import csv
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from conftest import tiny_sentences
+
+CHROMIUM = "/usr/bin/chromium"
+LOCAL = {"127.0.0.1", "localhost"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`tunelab ui` in its own process, as a user starts it; yields (url, output folder)."""
+    folder = tmp_path_factory.mktemp("ui")
+    port = _free_port()
+    output = folder / "comparisons"
+    log = (folder / "server.log").open("w")
+    process = subprocess.Popen([sys.executable, "-m", "tunelab.cli", "ui", "--port", str(port), "--output",
+                                str(output)], stdout=log, stderr=subprocess.STDOUT, cwd=folder)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            assert process.poll() is None, (folder / "server.log").read_text()
+            assert time.time() < deadline, "the page did not answer within 120 s"
+            time.sleep(0.3)
+    yield url, output, port
+    process.terminate()
+    process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api").sync_playwright().start()
+    chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+    yield chromium
+    chromium.close()
+    playwright.stop()
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh page that records every request it makes."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    page.requests = []
+    page.on("request", lambda request: page.requests.append(request.url))
+    page.set_default_timeout(30_000)
+    page.goto(server[0])
+    page.locator("#upload").wait_for()
+    yield page
+    context.close()
+
+
+def _write(path: Path, header: list[str], rows) -> Path:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def _value(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id}").locator("textarea, input").first.input_value()
+
+
+def _upload(page, path: Path) -> None:
+    """Drop a file on the upload box, clearing the one it shows first."""
+    box = page.locator("#upload")
+    if box.locator("input[type=file]").count() == 0:
+        box.get_by_role("button", name="Clear").click()
+    box.locator("input[type=file]").set_input_files(str(path))
+
+
+def _wait_value(page, elem_id: str, predicate, timeout: float = 30) -> str:
+    deadline = time.time() + timeout
+    while True:
+        value = _value(page, elem_id)
+        if predicate(value):
+            return value
+        assert time.time() < deadline, f"#{elem_id} still shows {value!r}"
+        time.sleep(0.2)
+
+
+def _fill(page, elem_id: str, value: str) -> None:
+    page.locator(f"#{elem_id}").locator("textarea, input").first.fill(value)
+
+
+def _choose(page, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").first.click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def _only_local(requests: list[str]) -> None:
+    remote = [u for u in requests if urlparse(u).scheme in ("http", "https", "ws", "wss")
+              and urlparse(u).hostname not in LOCAL]
+    assert not remote, f"the page fetched from outside this machine: {remote}"
+    assert any(urlparse(u).hostname in LOCAL for u in requests)
+
+
+def _cli_line(config_text: str, folder: Path) -> str:
+    """What `tunelab train` prints for the config the page offers for download."""
+    path = folder / "downloaded.yaml"
+    path.write_text(config_text)
+    done = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", str(path)], capture_output=True, text=True,
+                          cwd=folder)
+    assert done.returncode == 2, done.stderr
+    return done.stderr.strip().splitlines()[-1]
+
+
+def _download(page) -> str:
+    with page.expect_download() as download:
+        page.locator("#download").click()
+    return Path(download.value.path()).read_text()
+
+
+def test_compare_two_methods_in_the_browser(page, server, tiny_bert, tmp_path):
+    url, output, _ = server
+    started = time.time()
+    data = _write(tmp_path / "reviews.csv", ["sentence", "sentiment"], tiny_sentences(120))
+    _upload(page, data)
+    # The mapping offers the file's own columns; the label's guess is checked, then chosen by hand.
+    _wait_value(page, "column-text", lambda v: v == "sentence")
+    _choose(page, "column-label", "sentiment")
+    _fill(page, "model", str(tiny_bert))
+    _fill(page, "epochs", "2")
+    _fill(page, "batch", "8")
+    _fill(page, "max-length", "16")
+    _fill(page, "overrides", "train.precision=fp32\ntrain.early_stopping.patience=0\ntrain.log_every=2\n"
+                             "data.split.validation=0.2\ndata.split.test=0.2")
+    _fill(page, "name", "browser")
+    _wait_value(page, "message", lambda v: v.startswith("ok"))
+    config = yaml.safe_load(_download(page))
+    assert config["data"]["columns"] == {"text": "sentence", "label": "sentiment"}
+    assert config["model"] == str(tiny_bert) and config["train"]["epochs"] == 2
+    assert Path(config["data"]["source"]).read_text() == data.read_text()  # the upload, kept under the output
+    page.screenshot(path=str(tmp_path / "1-setup.png"), full_page=True)
+
+    page.locator("#start").click()
+    _wait_value(page, "job-state", lambda v: "running" in v or "finished" in v, 30)
+    state = _wait_value(page, "job-state", lambda v: "finished" in v or "failed" in v, 240)
+    assert state.endswith("finished"), _value(page, "log")
+    progress = page.locator("#progress").inner_text()
+    assert progress.count("finished") == 2, progress
+    assert page.locator("#curves img").count() == 1  # the learning curves, drawn from the runs' history.jsonl
+    assert "run " in _value(page, "log")
+    page.screenshot(path=str(tmp_path / "2-runs.png"), full_page=True)
+
+    page.get_by_role("tab", name="Results").click()
+    recommendation = _wait_value(page, "recommendation", lambda v: v.strip() != "")
+    assert "LoRA" in recommendation or "full" in recommendation.lower()
+    table = page.locator("#table").inner_text()
+    assert "lora" in table and "full" in table and "trainable params" in table
+    figures = page.locator("#figures img")
+    figures.first.wait_for()
+    assert figures.count() >= 2
+    assert figures.first.evaluate("img => img.complete && img.naturalWidth > 100")
+    page.screenshot(path=str(tmp_path / "3-results.png"), full_page=True)
+
+    page.get_by_role("tab", name="Playground").click()
+    _fill(page, "playground-text", "a great lovely superb film")
+    page.locator("#ask").click()
+    answers = page.locator("#answers")
+    deadline = time.time() + 60
+    while not ("lora" in answers.inner_text() and "full" in answers.inner_text()):
+        assert time.time() < deadline, answers.inner_text()
+        time.sleep(0.3)
+    text = answers.inner_text()
+    assert text.count("positive") + text.count("negative") >= 2  # each run's label for the text
+    page.locator("#export").click()
+    exported = _wait_value(page, "exported", lambda v: v != "", 60)
+    assert exported.startswith("exported to "), exported
+    assert (Path(exported.removeprefix("exported to ")) / "README.md").is_file()
+    page.screenshot(path=str(tmp_path / "4-playground.png"), full_page=True)
+    _only_local(page.requests)
+    print(f"browser comparison: {time.time() - started:.1f} s")
+
+
+def test_bad_uploads_show_the_cli_line_and_the_server_goes_on(page, server, tmp_path):
+    url, output, _ = server
+    one_column = _write(tmp_path / "one_column.csv", ["review"], [[t] for t, _ in tiny_sentences(20)])
+    _upload(page, one_column)
+    shown = _wait_value(page, "message", lambda v: v.startswith("error"))
+    assert "no column 'label'" in shown
+    assert shown == _cli_line(_download(page), tmp_path)
+    page.screenshot(path=str(tmp_path / "5-bad-columns.png"), full_page=True)
+
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    _upload(page, empty)
+    shown = _wait_value(page, "message", lambda v: "empty" in v)
+    assert shown == _cli_line(_download(page), tmp_path)
+    page.screenshot(path=str(tmp_path / "6-empty-file.png"), full_page=True)
+
+    # The server goes on: a new page loads, and a good file is accepted.
+    page.goto(url)
+    good = _write(tmp_path / "good.csv", ["text", "label"], tiny_sentences(40))
+    _upload(page, good)
+    assert _wait_value(page, "message", lambda v: v.startswith("ok")).startswith("ok")
+    _only_local(page.requests)
+
+
+def test_port_in_use_is_one_line_and_status_2(server):
+    _, _, port = server
+    done = subprocess.run([sys.executable, "-m", "tunelab.cli", "ui", "--port", str(port)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: port {port} on 127.0.0.1 is in use; choose another with --port"
