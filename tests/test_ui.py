@@ -4,6 +4,7 @@ the CLI's own line while the server goes on. Screenshots go to the test's tmp_pa
 from __future__ import annotations
 
 import csv
+import json
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from conftest import tiny_sentences
+from tunelab.api import predict
 
 CHROMIUM = "/usr/bin/chromium"
 LOCAL = {"127.0.0.1", "localhost"}
@@ -113,6 +115,13 @@ def _choose(page, elem_id: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=True).click()
 
 
+def _rows(page, elem_id: str) -> list[list[str]]:
+    """A Dataframe's rows as text cells."""
+    return page.locator(f"#{elem_id}").evaluate(
+        "e => [...e.querySelectorAll('[role=row]')].map(r => [...r.querySelectorAll('[role=gridcell], [role=cell], td')]"
+        ".map(c => c.innerText.trim())).filter(cells => cells.length)")
+
+
 def _only_local(requests: list[str]) -> None:
     remote = [u for u in requests if urlparse(u).scheme in ("http", "https", "ws", "wss")
               and urlparse(u).hostname not in LOCAL]
@@ -170,9 +179,12 @@ def test_compare_two_methods_in_the_browser(page, server, tiny_bert, tmp_path):
 
     page.get_by_role("tab", name="Results").click()
     recommendation = _wait_value(page, "recommendation", lambda v: v.strip() != "")
-    assert "LoRA" in recommendation or "full" in recommendation.lower()
+    comparison = json.loads((output / "browser" / "comparison.json").read_text())
+    assert recommendation == comparison["recommendation"]["text"]  # what `tunelab compare` printed
     table = page.locator("#table").inner_text()
-    assert "lora" in table and "full" in table and "trainable params" in table
+    for row in comparison["rows"]:  # each method's trainable weights, as in report.html
+        assert row["status"] == "ok" and f"{row['parameters']['trainable']:,}" in table
+    assert "trainable params" in table
     figures = page.locator("#figures img")
     figures.first.wait_for()
     assert figures.count() >= 2
@@ -187,8 +199,14 @@ def test_compare_two_methods_in_the_browser(page, server, tiny_bert, tmp_path):
     while not ("lora" in answers.inner_text() and "full" in answers.inner_text()):
         assert time.time() < deadline, answers.inner_text()
         time.sleep(0.3)
-    text = answers.inner_text()
-    assert text.count("positive") + text.count("negative") >= 2  # each run's label for the text
+    # Each run's label for the text is `tunelab predict`'s.
+    shown = {cells[0]: cells[1] for cells in _rows(page, "answers") if len(cells) > 1}
+    assert set(shown) == {"lora", "full"}, _rows(page, "answers")
+    question = tmp_path / "question.jsonl"
+    question.write_text(json.dumps({"sentence": "a great lovely superb film"}) + "\n")
+    for method in ("lora", "full"):
+        predict(output / "browser" / "runs" / method, question, tmp_path / f"{method}.jsonl")
+        assert shown[method] == json.loads((tmp_path / f"{method}.jsonl").read_text())["prediction"]
     page.locator("#export").click()
     exported = _wait_value(page, "exported", lambda v: v != "", 60)
     assert exported.startswith("exported to "), exported
@@ -196,6 +214,40 @@ def test_compare_two_methods_in_the_browser(page, server, tiny_bert, tmp_path):
     page.screenshot(path=str(tmp_path / "4-playground.png"), full_page=True)
     _only_local(page.requests)
     print(f"browser comparison: {time.time() - started:.1f} s")
+
+
+def test_stop_keeps_a_checkpoint_and_resume_finishes(page, server, tiny_bert, tmp_path):
+    """A longer LoRA run, stopped while it trains (curves drawn from its live history.jsonl), then resumed."""
+    url, output, _ = server
+    _upload(page, _write(tmp_path / "reviews.csv", ["text", "label"], tiny_sentences(120)))
+    _fill(page, "model", str(tiny_bert))
+    page.locator("#methods label", has_text="full").click()  # lora alone
+    _fill(page, "epochs", "40")
+    _fill(page, "batch", "8")
+    _fill(page, "max-length", "16")
+    _fill(page, "overrides", "train.precision=fp32\ntrain.early_stopping.patience=0\ntrain.log_every=2")
+    _fill(page, "name", "stopped")
+    _wait_value(page, "message", lambda v: v.startswith("ok") and "stopped" in _download(page))
+    page.locator("#start").click()
+    deadline = time.time() + 120
+    while not (page.locator("#curves img").count() and "training" in page.locator("#progress").inner_text()):
+        assert time.time() < deadline, page.locator("#progress").inner_text()
+        time.sleep(0.2)
+    page.screenshot(path=str(tmp_path / "7-training-live.png"), full_page=True)
+    live = list((output / "stopped" / "runs").glob(".lora.partial-*/history.jsonl"))
+    assert live and live[0].read_text().count("train_loss") >= 1
+    page.locator("#stop").click()
+    _wait_value(page, "job-state", lambda v: v.endswith("(checkpoints kept: Resume continues)"), 60)
+    assert "stopped, resumable" in page.locator("#progress").inner_text()
+    assert (output / "stopped" / "runs" / ".lora.checkpoint").is_dir()
+    assert not (output / "stopped" / "runs" / "lora").exists()
+    page.screenshot(path=str(tmp_path / "8-stopped.png"), full_page=True)
+    page.locator("#resume").click()
+    _wait_value(page, "job-state", lambda v: v.endswith("finished") or "failed" in v, 180)
+    assert _value(page, "job-state").endswith("finished"), _value(page, "log")
+    metrics = json.loads((output / "stopped" / "runs" / "lora" / "metrics.json").read_text())
+    assert metrics["resumed_at_step"] > 0 and metrics["epochs_run"] == 40
+    assert "resumed from the checkpoint at step" in (output / "stopped" / "runs" / "lora.log").read_text()
 
 
 def test_bad_uploads_show_the_cli_line_and_the_server_goes_on(page, server, tmp_path):

@@ -104,7 +104,8 @@ def build(output: str | Path) -> gr.Blocks:
                 recommendation = gr.Textbox("", label="Recommendation", interactive=False, lines=3,
                                             elem_id="recommendation")
                 table = gr.Dataframe(interactive=False, elem_id="table", wrap=True)
-                gallery = gr.Gallery(label="Report figures", columns=2, height="auto", elem_id="figures")
+                gallery = gr.Gallery(label="Report figures (as in report.html)", columns=2, height="auto",
+                                     object_fit="contain", elem_id="figures")
 
             with gr.Tab("Playground", id="playground"):
                 text = gr.Textbox("", label="A text (a review, a question, a chat message, a verse)", lines=2,

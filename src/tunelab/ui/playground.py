@@ -36,7 +36,8 @@ def answer(runs: list[Path], text: str) -> list[list[str]]:
             row = text_row(model.spec.cfg, model.task, text)
             examples = rows_to_examples([("playground", row)], model.spec.cfg.data, model.task, need_label=False)
             prediction = model.predict(examples)[0]
-            details = {k: v for k, v in prediction.items() if k not in ("prediction", *row)}
+            # The input comes back in the row (under its role's name): the details are what the model added.
+            details = {k: v for k, v in prediction.items() if k != "prediction" and v != text}
             out.append([name, str(prediction.get("prediction")), _short(details)])
     return out
 
