@@ -92,7 +92,8 @@ def build(output: str | Path) -> gr.Blocks:
                                         elem_id="progress")
                 curves = gr.Image(label="Learning curves (from each run's history.jsonl)", type="pil",
                                   elem_id="curves")
-                log = gr.Textbox("", label="Log", lines=12, max_lines=12, interactive=False, autoscroll=True,
+                log = gr.Textbox("", label="Log (newest lines; all of it in the comparison's ui.log)", lines=14,
+                                 max_lines=14, interactive=False, autoscroll=True,
                                  elem_id="log")
                 timer = gr.Timer(1.0)
 
@@ -185,11 +186,13 @@ def build(output: str | Path) -> gr.Blocks:
         outputs = [message, config_yaml, download]
         upload.upload(uploaded, [upload, task], [message, *roles.values()]).then(
             keep_upload, upload, upload_path).then(
-            refresh_with_upload, [upload_path, *form], outputs)
+            refresh_with_upload, [upload_path, *form], outputs, concurrency_limit=1, concurrency_id="config")
         upload.clear(lambda: "", None, upload_path)
         task.change(task_changed, task, list(roles.values()))
         for component in form[1:]:
-            component.change(refresh_with_upload, [upload_path, *form], outputs, show_progress="hidden")
+            # One at a time, the last change last: the shown config is always the form's latest.
+            component.change(refresh_with_upload, [upload_path, *form], outputs, show_progress="hidden",
+                             trigger_mode="always_last", concurrency_limit=1, concurrency_id="config")
 
         def run_estimate(path, *values):
             cfg = config_of(path, *values[1:])

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from ..runs import child_environment
-from ..training.checkpoint import complete_checkpoints
+from ..training.checkpoint import STATE, complete_checkpoints
 
 STEP = re.compile(r"epoch (\d+)/(\d+): step (\d+)/(\d+), loss ([0-9.eE+-]+|nan)")
 
@@ -45,7 +45,8 @@ class Job:
     def wait(self, timeout: float | None = None) -> int:
         return self.process.wait(timeout)
 
-    def log(self, last: int = 200) -> str:
+    def log(self, last: int = 14) -> str:
+        """The last lines: the box shows the newest (a scrolled box would stay at its first lines on refresh)."""
         try:
             return "".join(self.log_path.read_text(errors="replace").splitlines(keepends=True)[-last:])
         except FileNotFoundError:
@@ -103,7 +104,9 @@ def progress(folder: Path, methods: list[str], running: bool) -> list[list[str]]
         elif running and log.is_file():
             rows.append([method, "starting", "", ""])
         elif checkpoint:
-            rows.append([method, "stopped, resumable", f"checkpoint in {checkpoint[0].name}", ""])
+            state = json.loads((checkpoint[0] / STATE).read_text())
+            rows.append([method, "stopped, resumable", f"checkpoint at step {state['train']['step']} of "
+                         f"{state['total_steps']}", str(checkpoint[0])])
         elif log.is_file() and not running:
             lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
             rows.append([method, "failed" if lines else "not started", lines[-1] if lines else "", ""])
