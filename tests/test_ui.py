@@ -187,6 +187,11 @@ def test_compare_two_methods_in_the_browser(page, server, tiny_bert, tmp_path):
     assert config["data"]["columns"] == {"text": "sentence", "label": "sentiment"}
     assert config["model"] == str(tiny_bert) and config["train"]["epochs"] == 2
     assert Path(config["data"]["source"]).read_text() == data.read_text()  # the upload, kept under the output
+    # Before training: the estimate and the guide's recommendation (a few timed steps per method).
+    page.locator("#estimate").click()
+    _wait_for(lambda: len(_rows(page, "estimates")) == 2, lambda: _rows(page, "estimates"))
+    estimated = {row[0]: row[1] for row in _rows(page, "estimates")}
+    assert _value(page, "advice").endswith("trainable weights.")
     page.screenshot(path=str(tmp_path / "1-setup.png"), full_page=True)
 
     page.locator("#start").click()
@@ -204,8 +209,10 @@ def test_compare_two_methods_in_the_browser(page, server, tiny_bert, tmp_path):
     comparison = json.loads((output / "browser" / "comparison.json").read_text())
     assert recommendation == comparison["recommendation"]["text"]  # what `tunelab compare` printed
     table = page.locator("#table").inner_text()
-    for row in comparison["rows"]:  # each method's trainable weights, as in report.html
+    for row in comparison["rows"]:  # each method's trainable weights, as in report.html and as estimated
         assert row["status"] == "ok" and f"{row['parameters']['trainable']:,}" in table
+        assert estimated[row["method"]] == f"{row['parameters']['trainable']:,}"
+    assert str(output / "browser") in page.locator("#comparisons").inner_text() + _value(page, "comparisons")
     assert "trainable params" in table
     figures = page.locator("#figures img")
     figures.first.wait_for()
