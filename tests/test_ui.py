@@ -55,7 +55,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    playwright = pytest.importorskip("playwright.sync_api").sync_playwright().start()
+    from playwright.sync_api import sync_playwright  # a test dependency: missing, the test fails, never skips
+    playwright = sync_playwright().start()
     chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
     yield chromium
     chromium.close()
