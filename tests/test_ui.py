@@ -158,7 +158,6 @@ def _config_when(page, predicate, timeout: float = 30) -> dict:
     while not predicate(config := yaml.safe_load(_download(page).split("\n", 1)[1]) or {}):
         assert time.time() < deadline, config
         time.sleep(0.3)
-    time.sleep(0.5)  # the message of that change comes with it
     return config
 
 
@@ -184,7 +183,7 @@ def test_compare_two_methods_in_the_browser(page, server, tiny_bert, tmp_path):
                              "data.split.validation=0.2\ndata.split.test=0.2")
     _fill(page, "name", "browser")
     config = _config_when(page, lambda c: c.get("name") == "browser")
-    assert _value(page, "message").startswith("ok")
+    _wait_value(page, "message", lambda v: v.startswith("ok"))
     assert config["data"]["columns"] == {"text": "sentence", "label": "sentiment"}
     assert config["model"] == str(tiny_bert) and config["train"]["epochs"] == 2
     assert Path(config["data"]["source"]).read_text() == data.read_text()  # the upload, kept under the output
@@ -215,10 +214,9 @@ def test_compare_two_methods_in_the_browser(page, server, tiny_bert, tmp_path):
         assert estimated[row["method"]] == f"{row['parameters']['trainable']:,}"
     assert str(output / "browser") in page.locator("#comparisons").inner_text() + _value(page, "comparisons")
     assert "trainable params" in table
-    figures = page.locator("#figures img")
-    figures.first.wait_for()
-    assert figures.count() >= 2
-    assert figures.first.evaluate("img => img.complete && img.naturalWidth > 100")
+    figures = page.locator("#figures img")  # report.html's figures, loaded (a broken image has no width)
+    _wait_for(lambda: figures.count() >= 2 and figures.first.evaluate("i => i.complete && i.naturalWidth > 100"),
+              lambda: page.locator("#figures").inner_html()[:2000], 30)
     page.screenshot(path=str(tmp_path / "3-results.png"), full_page=True)
 
     page.get_by_role("tab", name="Playground").click()
@@ -260,7 +258,7 @@ def test_stop_keeps_a_checkpoint_and_resume_goes_on_from_it(page, server, tiny_b
     _fill(page, "overrides", "train.precision=fp32\ntrain.early_stopping.patience=0\ntrain.log_every=2")
     _fill(page, "name", "stopped")
     _config_when(page, lambda c: c.get("name") == "stopped")
-    assert _value(page, "message").startswith("ok")
+    _wait_value(page, "message", lambda v: v.startswith("ok"))
     page.locator("#start").click()
     _wait_for(lambda: page.locator("#curves img").count() and "training" in page.locator("#progress").inner_text(),
               lambda: page.locator("#progress").inner_text())
@@ -290,14 +288,16 @@ def test_bad_uploads_show_the_cli_line_and_the_server_goes_on(page, server, tmp_
     _upload(page, one_column)
     shown = _wait_value(page, "message", lambda v: v.startswith("error"))
     assert "no column 'label'" in shown
-    assert shown == _cli_line(_download(page), tmp_path)
+    _config_when(page, lambda c: c["data"]["source"].endswith("one_column.csv"))
+    assert shown == _value(page, "message") == _cli_line(_download(page), tmp_path)
     page.screenshot(path=str(tmp_path / "5-bad-columns.png"), full_page=True)
 
     empty = tmp_path / "empty.csv"
     empty.write_text("")
     _upload(page, empty)
     shown = _wait_value(page, "message", lambda v: "empty" in v)
-    assert shown == _cli_line(_download(page), tmp_path)
+    _config_when(page, lambda c: c["data"]["source"].endswith("empty.csv"))
+    assert shown == _value(page, "message") == _cli_line(_download(page), tmp_path)
     page.screenshot(path=str(tmp_path / "6-empty-file.png"), full_page=True)
 
     # The server goes on: a new page loads, and a good file is accepted.
