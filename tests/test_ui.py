@@ -240,6 +240,11 @@ def test_compare_two_methods_in_the_browser(page, server, tiny_bert, tmp_path):
     assert exported.startswith("exported to "), exported
     assert (Path(exported.removeprefix("exported to ")) / "README.md").is_file()
     page.screenshot(path=str(tmp_path / "4-playground.png"), full_page=True)
+    # A page opened later lists the comparison and opens the newest by itself.
+    page.goto(url)
+    page.get_by_role("tab", name="Results").click()
+    assert _wait_value(page, "recommendation", lambda v: v != "") == comparison["recommendation"]["text"]
+    assert _value(page, "comparisons") == str(output / "browser")
     _only_local(page.requests)
     print(f"browser comparison: {time.time() - started:.1f} s")
 

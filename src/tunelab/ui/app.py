@@ -99,8 +99,8 @@ def build(output: str | Path) -> gr.Blocks:
 
             with gr.Tab("Results", id="results"):
                 with gr.Row():
-                    chosen = gr.Dropdown([str(p) for p in results.comparisons(output)], label=f"Comparisons in {output}",
-                                         elem_id="comparisons", allow_custom_value=True)
+                    chosen = gr.Dropdown([], value=None, label=f"Comparisons in {output}", elem_id="comparisons",
+                                         allow_custom_value=True)
                     refresh = gr.Button("Refresh the list", elem_id="refresh")
                 recommendation = gr.Textbox("", label="Recommendation", interactive=False, lines=3,
                                             elem_id="recommendation")
@@ -297,7 +297,13 @@ def build(output: str | Path) -> gr.Blocks:
                    show_progress="hidden")
         stop.click(stop_job, None, job_state)
         resume.click(resume_job, None, job_state)
-        chosen.change(show, chosen, [chosen, recommendation, table, gallery])
+        def open_newest():
+            """On each page load: the list as the folder is now, the newest comparison opened."""
+            found = results.comparisons(output)
+            return show(str(found[0]) if found else "", refresh_list=True)
+
+        page.load(open_newest, None, [chosen, recommendation, table, gallery]).then(runs_of, chosen, run_choice)
+        chosen.input(show, chosen, [chosen, recommendation, table, gallery])
         chosen.change(runs_of, chosen, run_choice)
         refresh.click(lambda: gr.update(choices=[str(p) for p in results.comparisons(output)]), None, chosen)
         ask.click(ask_runs, [chosen, text], answers)
