@@ -35,3 +35,9 @@ def test_progress_reads_each_method_from_its_files(tmp_path):
     # The live history is what the curves are drawn from while the run trains.
     assert results.histories(tmp_path, ["lora", "full"]) == {"full": [{"step": 6, "epoch": 0.67, "train_loss": 0.69}]}
     assert results.curves_png(tmp_path, ["full"], "classification", None).startswith(b"\x89PNG")
+    # A finished run's own file, its kept epoch ringed as in the report.
+    (runs / "lora" / "history.jsonl").write_text(json.dumps({"step": 4, "epoch": 1, "validation_loss": 0.6,
+                                                             "validation_f1": 0.7}) + "\n")
+    (runs / "lora" / "metrics.json").write_text(json.dumps({"epochs_run": 1, "best_epoch": 1, "validation": {}}))
+    assert set(results.histories(tmp_path, ["lora", "full"])) == {"lora", "full"}
+    assert results.curves_png(tmp_path, ["lora", "full"], "classification", "f1").startswith(b"\x89PNG")

@@ -64,7 +64,11 @@ def curves_png(folder: Path, methods: list[str], task: str, metric: str | None) 
         return None
     metric = metric or TASKS.get(task).default_metric
     lower = metric in TASKS.get(task).lower_is_better
-    return plots.learning_curves(found, {m: None for m in found}, metric, lower, plots.colors(methods))
+    best = {}  # a finished run's kept epoch gets the report's ring; a run still training has none yet
+    for method in found:
+        done = folder / "runs" / method / "metrics.json"
+        best[method] = json.loads(done.read_text()).get("best_epoch") if done.is_file() else None
+    return plots.learning_curves(found, best, metric, lower, plots.colors(methods))
 
 
 def runs(folder: Path) -> list[Path]:
