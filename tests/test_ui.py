@@ -120,7 +120,10 @@ def _wait_for(condition, describe, timeout: float = 120) -> None:
 
 
 def _fill(page, elem_id: str, value: str) -> None:
-    page.locator(f"#{elem_id}").locator("textarea, input").first.fill(value)
+    """Type into a field and leave it, as a user does."""
+    field = page.locator(f"#{elem_id}").locator("textarea, input").first
+    field.fill(value)
+    field.blur()
 
 
 def _choose(page, elem_id: str, option: str) -> None:
@@ -152,7 +155,7 @@ def _cli_line(config_text: str, folder: Path) -> str:
     return done.stderr.strip().splitlines()[-1]
 
 
-def _config_when(page, predicate, timeout: float = 30) -> dict:
+def _config_when(page, predicate, timeout: float = 60) -> dict:
     """The downloadable config once it shows the form's last change (each change rewrites it)."""
     deadline = time.time() + timeout
     while not predicate(config := yaml.safe_load(_download(page).split("\n", 1)[1]) or {}):

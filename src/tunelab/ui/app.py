@@ -193,6 +193,11 @@ def build(output: str | Path) -> gr.Blocks:
             # One at a time, the last change last: the shown config is always the form's latest.
             component.change(refresh_with_upload, [upload_path, *form], outputs, show_progress="hidden",
                              trigger_mode="always_last", concurrency_limit=1, concurrency_id="config")
+            if isinstance(component, (gr.Textbox, gr.Number)):
+                # Leaving a field refreshes too: a change made while other refreshes were queued was seen lost
+                # once under load, and the YAML must show what Start would run.
+                component.blur(refresh_with_upload, [upload_path, *form], outputs, show_progress="hidden",
+                               trigger_mode="always_last", concurrency_limit=1, concurrency_id="config")
 
         def run_estimate(path, *values):
             cfg = config_of(path, *values[1:])
