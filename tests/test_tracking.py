@@ -207,3 +207,20 @@ def test_a_tracker_failing_mid_run_is_dropped_with_one_warning():
     assert good.rows == [2, 4, 6] and bad.rows == [2] and bad.status == "FAILED"
     assert lines == ["warning: mlflow stopped logging at step 4 (ConnectionError: connection refused); the run goes "
                      "on without it"]
+
+
+def test_history_jsonl_is_written_while_training_and_is_the_final_one(tiny_config, tmp_path):
+    """The web interface's live curves read the run's temporary history.jsonl: at each epoch's end it holds the
+    rows so far, a prefix of the finished run's file."""
+    seen = []
+
+    def log(line: str) -> None:
+        if "validation loss" in line:  # an epoch's evaluation was just recorded
+            [live] = (tmp_path / "runs").glob(".*.partial-*/history.jsonl")
+            seen.append([json.loads(row) for row in live.read_text().splitlines()])
+
+    metrics = train(tiny_config("lora", train__epochs=2), log=log)
+    final = _history(Path(metrics["run_folder"]))
+    assert len(seen) == 2 and 0 < len(seen[0]) < len(seen[1]) == len(final)
+    assert seen[0] == final[:len(seen[0])] and seen[1] == final
+    assert "validation_loss" in seen[0][-1]

@@ -84,6 +84,18 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-inputs", type=int, default=256, help="inputs one request may send (default 256)")
     sv.add_argument("--max-chars", type=int, default=20000, help="characters one input may hold (default 20000)")
 
+    u = sub.add_parser("ui", help="a local web interface: configure, launch, watch and compare runs (Gradio)",
+                       description="Serve a web page to set up a comparison (upload a file, map its columns, pick "
+                       "the model, task and methods, see the YAML config), estimate it, launch it and watch each "
+                       "method train (curves, log, stop and resume), read the results of every comparison in the "
+                       "output folder, and try the trained runs side by side. Offline; this machine only by "
+                       "default.")
+    u.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                   "only; 0.0.0.0 for every interface)")
+    u.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    u.add_argument("--output", default="comparisons", help="parent folder of the comparisons it lists and "
+                   "launches (default comparisons)")
+
     c = sub.add_parser("compare", help="run several methods on the same splits; table, report and advice",
                        description="Train each method on the same splits with the same seed (one run folder each "
                        "under comparisons/NAME/runs/, or under the config's output: folder), write report.html and "
@@ -235,6 +247,14 @@ def _one_process(command: str) -> None:
                            f"or accelerate (data-parallel training is `torchrun ... tunelab train CONFIG`)")
 
 
+def _ui(args) -> None:
+    from .ui import ui
+    try:
+        ui(args.host, args.port, args.output)
+    except (KeyboardInterrupt, Terminated):  # Ctrl-C or `kill`: how a page's server is meant to stop
+        print("stopped serving")
+
+
 def _compare(args) -> None:
     _one_process("compare")
     from .comparison import compare
@@ -332,7 +352,7 @@ def _print_fields(cls, prefix: str) -> None:
 
 COMMANDS = {"train": _train, "tune": _tune, "compare": _compare, "estimate": _estimate,
             "recommend": lambda args: _estimate(args, recommend=True), "report": _report, "eval": _eval,
-            "predict": _predict, "export": _export, "serve": _serve, "datasets": _datasets, "models": _models,
+            "predict": _predict, "export": _export, "serve": _serve, "ui": _ui, "datasets": _datasets, "models": _models,
             "methods": _methods, "config": _config}
 
 

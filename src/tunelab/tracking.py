@@ -220,13 +220,31 @@ def connect(store: Path):
 BACKENDS: dict[str, type[Backend]] = {"tensorboard": TensorBoard, "mlflow": MLflow}
 
 
+class LiveHistory(Backend):
+    """`history.jsonl` in the run's temporary folder, a line per row as the loop records it, so that a watcher (the
+    web interface's live curves) reads the curves while training; the finished run's file replaces it whole. Always
+    on: a line per logging step costs nothing beside a training step."""
+    name = "history.jsonl"
+
+    def __init__(self, tmp: Path):
+        self.path = tmp / "history.jsonl"
+
+    def started(self, state) -> None:
+        with self.path.open("w", encoding="utf-8") as f:  # a resumed run's history so far, then the new rows
+            f.writelines(json.dumps(row) + "\n" for row in state.history)
+
+    def recorded(self, row: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+
 def _reason(e: BaseException) -> str:
     line = (str(e).strip().splitlines() or [""])[0][:200]
     return f"{type(e).__name__}: {line}" if line else type(e).__name__
 
 
 class Tracking:
-    """The backends of `train.report_to`, as one hook of the training loop; with none, every call does nothing."""
+    """The live `history.jsonl` and the backends of `train.report_to`, as one hook of the training loop."""
 
     def __init__(self, backends: list[Backend], log: Callable[[str], None] = print):
         self.backends, self.log, self.step, self.is_started = backends, log, 0, False
@@ -235,7 +253,7 @@ class Tracking:
     def open(cls, cfg, tmp: Path, run_folder: Path, log: Callable[[str], None] = print) -> "Tracking":
         """The backends `cfg.train.report_to` names, writing into the run's temporary folder `tmp`; called before
         training, so that a store that cannot be used ends the command before any."""
-        params, backends = flat(cfg.to_dict()), []
+        params, backends = flat(cfg.to_dict()), [LiveHistory(tmp)]
         try:
             for name in dict.fromkeys(cfg.train.report_to):
                 backends.append(BACKENDS[name](tmp, params, run_name=run_folder.name, run_folder=run_folder,

@@ -19,14 +19,14 @@ def serve(runs: list[str], host: str = "127.0.0.1", port: int = 8000, limits: Li
     """Load `runs` (`RUN` or `NAME=RUN`) and serve them until interrupted. Every run argument and the port are
     checked before any model loads, so a mistake ends at once with one line."""
     specs = parse_specs(runs)
-    _check_port(host, port)
+    check_port(host, port)
     served = load(specs, log)
     import uvicorn
     log(f"serving {', '.join(served)} on http://{host}:{port} (OpenAPI schema: /docs)")
     uvicorn.run(create_app(served, limits), host=host, port=port, log_level="warning")
 
 
-def _check_port(host: str, port: int) -> None:
+def check_port(host: str, port: int) -> None:
     if not 0 < port < 65536:
         raise TunelabError(f"--port must be between 1 and 65535, got {port}")
     try:
