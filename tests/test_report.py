@@ -315,6 +315,15 @@ def test_time_tick_labels_never_run_into_each_other():
         _time_ticks([Point("a", 60, 0.5, "C0"), Point("b", 60 * spread, 0.7, "C1")])  # asserts no overlap
 
 
+def test_a_short_linear_time_axis_tells_its_ticks_apart():
+    """Two methods of a tiny comparison (2.0 s and 2.4 s) had every tick labelled "2 s"."""
+    labels = _time_ticks([Point("lora", 2.0, 0.33, "C0"), Point("full", 2.4, 0.33, "C1")])
+    assert len(labels) >= 3 and len(set(labels)) == len(labels), labels
+    assert all(re.fullmatch(r"\d\.\d s", t) for t in labels), labels
+    labels = _time_ticks([Point("a", 100, 0.5, "C0"), Point("b", 300, 0.7, "C1")])  # round seconds stay round
+    assert all(re.fullmatch(r"\d+ s", t) for t in labels), labels
+
+
 def _time_ticks(points) -> list[str]:
     from tunelab.report.plots import quality_vs_cost_figure
     fig = quality_vs_cost_figure(points, "f1", False, "time")

@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # a report is written on servers without a display
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter, NullLocator  # noqa: E402
+from matplotlib.ticker import FixedLocator, Formatter, FuncFormatter, MaxNLocator, NullFormatter, NullLocator  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
 DPI = 110
@@ -70,9 +70,23 @@ def _count(v: float, _pos: Any = None) -> str:
     return f"{v:.3g}"
 
 
-def _seconds(v: float, _pos: Any = None) -> str:
-    # Round numbers only: a linear axis puts ticks at 125 s, which as minutes would read "2.08333 min".
-    return f"{v:.0f} s" if v < 600 else f"{v / 60:.1f} min"
+class _Seconds(Formatter):
+    """A linear time axis: as many decimals as the ticks' spacing needs, so 2.0, 2.1 … 2.4 s do not all read "2 s"
+    (a tiny comparison's methods train in seconds); from 10 min, minutes with one decimal (round numbers only: a
+    linear axis puts ticks at 125 s, which as minutes would read "2.08333 min")."""
+
+    ticks: list[float] = []
+
+    def set_locs(self, locs) -> None:  # the axis tells the formatter its ticks before labelling them
+        self.ticks = list(locs)
+
+    def __call__(self, v: float, pos: Any = None) -> str:
+        if v >= 600:
+            return f"{v / 60:.1f} min"
+        steps = [b - a for a, b in zip(self.ticks, self.ticks[1:]) if b > a]
+        # 1e-9: a spacing of 0.1 arrives as 0.09999…, whose log10 floors to -2
+        decimals = min(3, max(0, -math.floor(math.log10(min(steps)) + 1e-9))) if steps else 0
+        return f"{v:.{decimals}f} s"
 
 
 # Ticks of a logarithmic time axis at durations people say: 1 s ... 30 s, 1 min ... 30 min, 1 h ... 24 h.
@@ -130,7 +144,7 @@ def quality_vs_cost_figure(points: list[Point], metric: str, lower_is_better: bo
             ax.xaxis.set_minor_locator(NullLocator())
             ax.xaxis.set_minor_formatter(NullFormatter())
         else:
-            ax.xaxis.set_major_formatter(FuncFormatter(_seconds))
+            ax.xaxis.set_major_formatter(_Seconds())
         ax.set_xlabel("training time" + (" (log scale)" if log_x else ""))
         ax.set_title(f"test {metric} vs. training time")
     ax.set_ylabel(f"test {metric} ({'lower' if lower_is_better else 'higher'} is better)")
