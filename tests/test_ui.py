@@ -223,13 +223,23 @@ def test_compare_two_methods_in_the_browser(page, server, tiny_bert, tmp_path):
     page.screenshot(path=str(tmp_path / "3-results.png"), full_page=True)
 
     page.get_by_role("tab", name="Playground").click()
-    _fill(page, "playground-text", "a great lovely superb film")
-    page.locator("#ask").click()
     answers = page.locator("#answers")
-    deadline = time.time() + 60
-    while not ("lora" in answers.inner_text() and "full" in answers.inner_text()):
-        assert time.time() < deadline, answers.inner_text()
-        time.sleep(0.3)
+    # Gradio renders a tab's content when it is first opened: a text typed at once into the new field was once lost
+    # (the server got "" and answered "type a text first"; 1 of 2 fresh-clone runs). A user who retypes and asks
+    # again gets the answer; so does the test, at most three times, and it checks the answer itself below.
+    for _ in range(3):
+        _fill(page, "playground-text", "a great lovely superb film")
+        page.locator("#ask").click()
+        time.sleep(1.0)  # a retry's click replaces the last "Error" with its own progress first
+        deadline = time.time() + 60
+        while not ("lora" in answers.inner_text() and "full" in answers.inner_text()):
+            assert time.time() < deadline, answers.inner_text()
+            if "Error" in answers.inner_text():
+                break
+            time.sleep(0.3)
+        else:
+            break
+    assert "lora" in answers.inner_text() and "full" in answers.inner_text(), answers.inner_text()
     # Each run's label for the text is `tunelab predict`'s.
     shown = {cells[0]: cells[1] for cells in _rows(page, "answers") if len(cells) > 1}
     assert set(shown) == {"lora", "full"}, _rows(page, "answers")
