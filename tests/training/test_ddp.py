@@ -61,6 +61,18 @@ def _torchrun(config: Path, *args: str, script: str | None = None, env: dict | N
                           capture_output=True, text=True, timeout=240)
 
 
+def _one_process_and_two(cfg: dict, tmp_path: Path) -> Path:
+    """Trains `cfg` as run `one` in one process and as run `two` under torchrun with 2; returns their folder."""
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    one = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", str(config), "name=one"], env=ENV,
+                         capture_output=True, text=True, timeout=240)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _torchrun(config, "name=two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    return Path(cfg["output"])
+
+
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     out = {k: v for f in sorted((run / "model").glob("*.safetensors")) for k, v in load_file(f).items()}
     assert out, f"no weights in {run}"
@@ -172,14 +184,7 @@ def test_generation_with_early_stopping_under_two_processes_is_the_one_process_r
     cfg = tiny_generation_config("lora")
     cfg["method"]["dropout"] = 0.0
     cfg["train"].update(epochs=3, dropout=0.0, learning_rate=0.01, early_stopping={"patience": 1})
-    config = tmp_path / "gen.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    runs = Path(cfg["output"])
-    one = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", str(config), "name=one"], env=ENV,
-                         capture_output=True, text=True, timeout=240)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = _torchrun(config, "name=two")
-    assert two.returncode == 0, two.stderr[-3000:]
+    runs = _one_process_and_two(cfg, tmp_path)
     m1, m2 = (json.loads((runs / n / "metrics.json").read_text()) for n in ("one", "two"))
     assert m1["stopped_early"] and m2["stopped_early"] and m1["epochs_run"] == m2["epochs_run"] < 3
     assert m1["test"]["loss"] == pytest.approx(m2["test"]["loss"], abs=1e-5)
@@ -206,14 +211,7 @@ def test_extractive_qa_under_two_processes_is_the_one_process_run(tiny_qa_config
     # included: each process's rows are collated with the whole batch, so they are padded as one process pads them.
     cfg = tiny_qa_config("full")
     cfg["train"].update(dropout=0.0, learning_rate=1e-3)
-    config = tmp_path / "qa.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    runs = Path(cfg["output"])
-    one = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", str(config), "name=one"], env=ENV,
-                         capture_output=True, text=True, timeout=240)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = _torchrun(config, "name=two")
-    assert two.returncode == 0, two.stderr[-3000:]
+    runs = _one_process_and_two(cfg, tmp_path)
     assert _files(runs / "one") == _files(runs / "two")
     m1, m2 = (json.loads((runs / n / "metrics.json").read_text()) for n in ("one", "two"))
     for split in ("validation", "test"):
