@@ -242,7 +242,8 @@ def _serve(args) -> None:
 def _one_process(command: str) -> None:
     """`compare` and `tune` start processes of their own: under torchrun each process would run the whole
     command, and its children would inherit the rendezvous meant for the launcher's processes."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    from .training.distributed import launched
+    if launched() > 1:
         raise TunelabError(f"`tunelab {command}` runs in one process and starts its own; launch it without torchrun "
                            f"or accelerate (data-parallel training is `torchrun ... tunelab train CONFIG`)")
 
