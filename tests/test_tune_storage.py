@@ -177,3 +177,48 @@ def test_a_trial_whose_machine_stopped_beating_runs_again_on_another_worker(tiny
     assert len(again) == 1 and again[0].params == lost.params and again[0].state.name == "COMPLETE"
     assert [r["number"] for r in result["trials"]] == [t.number for t in tune._counted(study)]
     assert len(result["trials"]) == 3 and lost.number not in [r["number"] for r in result["trials"]]
+
+
+
+
+def _open_when_all_ready(barrier, path: str, results) -> None:
+    from sqlalchemy.dialects.sqlite.base import SQLiteDialect
+
+    from tunelab.errors import TunelabError
+    from tunelab.tune import _storage
+    has_table = SQLiteDialect.has_table
+
+    def slow_has_table(*args, **kwargs):  # widens the window between "no such table" and CREATE TABLE
+        found = has_table(*args, **kwargs)
+        time.sleep(0.05)
+        return found
+
+    SQLiteDialect.has_table = slow_has_table
+    barrier.wait()
+    try:
+        _storage(path)
+        results.put("ok")
+    except TunelabError as e:
+        results.put(str(e))
+
+
+def test_workers_opening_one_new_sqlite_file_at_the_same_moment_all_open_it(tmp_path):
+    """Two workers started together on a new SQLite file both created its tables: one failed with `table ...
+    already exists` (seen in CI). Here three processes open a new file at the same instant, each checking for
+    the tables slowly enough that all would find none. They are forked with tunelab and Optuna imported already,
+    so that the barrier lines up the opening itself, not the imports."""
+    import multiprocessing
+
+    import optuna.storages  # noqa: F401  (imported once, before the fork)
+
+    import tunelab.tune  # noqa: F401
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(3), context.Queue()
+    path = str(tmp_path / "new.db")
+    workers = [context.Process(target=_open_when_all_ready, args=(barrier, path, results)) for _ in range(3)]
+    for w in workers:
+        w.start()
+    outcomes = [results.get(timeout=120) for _ in workers]
+    for w in workers:
+        w.join()
+    assert outcomes == ["ok"] * 3, outcomes

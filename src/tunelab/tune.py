@@ -21,6 +21,8 @@ is run again.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import json
 import shutil
@@ -345,7 +347,7 @@ def _storage(storage: str | Path):
     import sqlalchemy.exc
     for attempt in range(5):
         try:
-            with warnings.catch_warnings():  # the heartbeat is marked experimental
+            with warnings.catch_warnings(), _one_creator(storage):  # the heartbeat is marked experimental
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
                     storage_url(storage), heartbeat_interval=HEARTBEAT_SECONDS, grace_period=HEARTBEAT_GRACE,
@@ -360,6 +362,27 @@ def _storage(storage: str | Path):
             raise TunelabError(f"--storage {shown_storage(storage)}: the database's Python driver is not "
                                f"installed; pip install psycopg2-binary for postgresql:// URLs") from None
     raise TunelabError(f"--storage {shown_storage(storage)}: the database's tables could not be created; try again")
+
+
+@contextlib.contextmanager
+def _one_creator(storage: str | Path):
+    """For an SQLite file, one process at a time opens it through Optuna, which creates the tables of a new file:
+    two workers started together both found no tables, and the second failed on `table ... already exists` (SQLite
+    raises it as an OperationalError, not the IntegrityError a server gives, which `_storage` retries). The lock is
+    `flock` on the file itself, which SQLite's own (fcntl) locks do not see; the kernel drops it if the process dies.
+    A server database (PostgreSQL) needs none: its concurrent creation is retried."""
+    url = storage_url(storage)
+    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+        yield
+        return
+    path = Path(url[len("sqlite:///"):])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as handle:  # an empty file is a new database to SQLite
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 HEARTBEAT_SECONDS, HEARTBEAT_GRACE = 30, 120
