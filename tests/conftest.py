@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers on the machine's two cores (pytest-xdist): each, and every process a
+    # test starts, computes on one thread, as two processes with a thread per core would fight over the cores.
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 POSITIVE = ["good", "great", "fine", "lovely", "superb", "excellent", "nice", "wonderful"]
 NEGATIVE = ["bad", "awful", "poor", "terrible", "boring", "dull", "weak", "horrible"]
@@ -194,3 +198,9 @@ def causal_lm(tiny_llama):
     torch.manual_seed(0)
     model, _ = models.load_model(AutoModelForCausalLM, tiny_llama)
     return model.eval()
+
+
+def pytest_collection_modifyitems(items):
+    """The long tests first (stable otherwise): `make test`'s two workers (`-n 2 --dist load`) are handed the first
+    tests one each in turn, so the long ones are split between them instead of one worker finishing them alone."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
