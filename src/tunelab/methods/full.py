@@ -12,6 +12,7 @@ from typing import Callable
 from torch import nn
 
 from ..errors import ConfigError
+from ..training import fsdp
 from ..typed import non_negative, option
 from .base import TrainedMethod
 from .registry import register
@@ -54,6 +55,12 @@ class FullFineTuning(TrainedMethod):
                 if "embed" in name or any(name.startswith(f) for f in frozen):
                     p.requires_grad_(False)
         return model
+
+    def save(self, folder: Path | None) -> None:
+        # Sharded (FSDP): every process gives its shards, rank 0 writes the whole weights.
+        weights = fsdp.full_state_dict(self.model) if fsdp.is_sharded(self.model) else None
+        if folder is not None:
+            self.model.save_pretrained(folder, state_dict=weights, safe_serialization=True)
 
     def save_model(self, model: nn.Module, folder: Path) -> None:
         model.save_pretrained(folder, safe_serialization=True)
