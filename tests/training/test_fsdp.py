@@ -68,6 +68,8 @@ def test_fsdp_full_fine_tuning_trains_as_one_process_saves_the_whole_model_and_r
     assert m2["processes"] == 2 and yaml.safe_load((b / "config.yaml").read_text())["train"]["fsdp"] is True
     assert m1["parameters"] == m2["parameters"]  # the whole model's counts, not one process's shards
     _close(m1, m2, _rows(a / "history.jsonl"), _rows(b / "history.jsonl"))
+    # Epoch 1 was the best: its weights, kept as shards (and in the checkpoints whole), were restored at the end.
+    assert m2["best_epoch"] == 1 and m2["epochs_run"] == 2 and "restored the weights of epoch 1" in two.stdout
     for split in ("validation", "test"):
         assert m1[split]["confusion_matrix"] == m2[split]["confusion_matrix"]
     for name in ("predictions.jsonl", "validation_predictions.jsonl"):
