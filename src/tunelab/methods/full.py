@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
@@ -60,10 +61,10 @@ class FullFineTuning(TrainedMethod):
         # Sharded (FSDP): every process gives its shards, rank 0 writes the whole weights.
         weights = fsdp.full_state_dict(self.model) if fsdp.is_sharded(self.model) else None
         if folder is not None:
-            self.model.save_pretrained(folder, state_dict=weights, safe_serialization=True)
+            self.save_model(self.model, folder, weights)
 
-    def save_model(self, model: nn.Module, folder: Path) -> None:
-        model.save_pretrained(folder, safe_serialization=True)
+    def save_model(self, model: nn.Module, folder: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+        model.save_pretrained(folder, state_dict=weights, safe_serialization=True)
 
     def load_model(self, folder: Path, load_base: Callable[..., nn.Module]) -> nn.Module:
         return load_base(folder)

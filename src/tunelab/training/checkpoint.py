@@ -119,11 +119,12 @@ class Checkpoint:
         # Data-parallel: every process's dropout RNG goes in, rank 0 alone writes. Sharded (FSDP): every process
         # takes part in gathering the whole tensors, so that the checkpoint is the same as without sharding.
         rngs = distributed.gather_to_main(torch.get_rng_state())
-        self.whole = self._gather(t)
+        whole = self._gather(t)
         if not distributed.is_main():
             self.best_step = t.state.best_step
             return
         self.other_rngs = rngs[1:]  # processes 1, 2, …
+        self.whole = whole
         tmp = self.folder.with_name(self.folder.name + ".partial")
         try:
             self._write(t, tmp)
@@ -135,6 +136,8 @@ class Checkpoint:
             raise TunelabError(f"the disk holding {self.folder.parent} is full: the checkpoint at step "
                                f"{t.state.step} could not be written ({kept}); free some space, then run the same "
                                f"command with --resume") from None
+        finally:
+            self.whole = ()  # under FSDP, copies of a whole model and its optimizer state
         # Rotate: newest → .1 → .2 …; a kill between two renames leaves every complete one under some name, and
         # `candidates` takes the newest of them.
         for i in range(max(self.keep - 1, 1), 0, -1):
@@ -158,11 +161,12 @@ class Checkpoint:
         """The trainable weights, the best ones (None where the saved file still holds them or there are none) and
         the optimizer's state, whole and on the CPU (sharded ones gathered: every process calls this)."""
         link = t.state.best_value is None or self._link_best(t)
-        if not distributed.is_main() and not fsdp.is_sharded(t.model):
-            return {}, None, None  # rank 0 holds them all
-        weights = fsdp.gathered({n: p for n, p in t.model.named_parameters() if p.requires_grad})
-        best = None if link else fsdp.gathered(t.best_weights)
-        return weights, best, fsdp.gathered(t.optimizer.state_dict())
+        keep = distributed.is_main()  # the others take part in gathering sharded tensors, and keep nothing
+        if not keep and not fsdp.is_sharded(t.model):
+            return {}, None, None
+        weights = fsdp.gathered({n: p for n, p in t.model.named_parameters() if p.requires_grad}, keep)
+        best = None if link else fsdp.gathered(t.best_weights, keep)
+        return weights, best, fsdp.gathered(t.optimizer.state_dict(), keep)
 
     def _write(self, t: Training, tmp: Path) -> None:
         weights, best, optimizer = self.whole

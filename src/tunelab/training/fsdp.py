@@ -163,15 +163,17 @@ def full_value(x: torch.Tensor) -> torch.Tensor:
     return x.full_tensor() if isinstance(x, DTensor) else x
 
 
-def gathered(obj: Any) -> Any:
+def gathered(obj: Any, keep: bool = True) -> Any:
     """`obj` (a state dict, nested dicts and lists) with every sharded tensor replaced by its whole value on the
-    CPU; every process must call this on the same structure."""
+    CPU; every process must call this on the same structure. `keep=False` (the processes that do not write): take
+    part in the gathering, one tensor at a time, and keep nothing (None)."""
     if isinstance(obj, torch.Tensor):
-        return full_value(obj.detach()).cpu()
+        whole = full_value(obj.detach())
+        return whole.cpu() if keep else None
     if isinstance(obj, dict):
-        return {k: gathered(v) for k, v in obj.items()}
+        return {k: gathered(v, keep) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(gathered(v) for v in obj)
+        return type(obj)(gathered(v, keep) for v in obj)
     return obj
 
 
