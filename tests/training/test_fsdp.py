@@ -24,6 +24,7 @@ from test_ddp import CRASHING, ENV, _files, _rows, _torchrun, _weights
 
 from tunelab.api import train
 from tunelab.errors import ConfigError
+from tunelab.training.fsdp import Options
 
 LAUNCH_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "distributed" / "fsdp.yaml"
 
@@ -183,3 +184,18 @@ def test_an_fsdp_setting_tunelab_does_not_do_is_refused_in_one_line(tiny_config,
 def test_train_fsdp_in_one_process_is_refused_in_one_line(tiny_config):
     with pytest.raises(ConfigError, match=r"^`train.fsdp` shards the model over the processes"):
         train(tiny_config("full"), ["train.fsdp=true"], log=lambda _: None)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, Options(reshard_after_forward=True, wrap=None)),  # the model's own _no_split_modules
+    ({"FSDP_RESHARD_AFTER_FORWARD": "false", "FSDP_TRANSFORMER_CLS_TO_WRAP": "LlamaDecoderLayer, LlamaMLP"},
+     Options(reshard_after_forward=False, wrap=("LlamaDecoderLayer", "LlamaMLP"))),
+    ({"FSDP_AUTO_WRAP_POLICY": "NO_WRAP", "FSDP_BACKWARD_PREFETCH": "BACKWARD_PRE", "FSDP_MIN_NUM_PARAMS": "100"},
+     Options(reshard_after_forward=True, wrap=())),  # the root alone; FSDP1's and size-based settings change nothing
+])
+def test_the_accelerate_fsdp_settings_tunelab_honours(monkeypatch, env, expected):
+    # What `accelerate launch` sets from configs/distributed/fsdp.yaml, changed by `env`.
+    for k, v in {"FSDP_VERSION": "2", "FSDP_SHARDING_STRATEGY": "FULL_SHARD", "FSDP_OFFLOAD_PARAMS": "false",
+                 "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT", "FSDP_SYNC_MODULE_STATES": "true", **env}.items():
+        monkeypatch.setenv(k, v)
+    assert Options.from_launch() == expected
