@@ -153,8 +153,9 @@ def describe(model: nn.Module) -> str:
     blocks = [name(m) for m in model.modules() if isinstance(m, FSDPModule) and m is not model]
     counts = {b: blocks.count(b) for b in dict.fromkeys(blocks)}
     listed = ", ".join(f"{n} {b}" if n > 1 else b for b, n in counts.items())
+    units = f"{len(blocks) + 1} units: {listed} and the rest of" if blocks else "1 unit: the whole"
     return (f"FSDP: weights, gradients and optimizer state sharded over {dist.get_world_size()} processes, "
-            f"{len(blocks) + 1} units: {listed + ' and ' if listed else ''}the rest of {name(model)}")
+            f"{units} {name(model)}")
 
 
 def full_value(x: torch.Tensor) -> torch.Tensor:
