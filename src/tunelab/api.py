@@ -12,13 +12,13 @@ from .config import RunConfig
 from .data import Splits, load_splits, rows_to_examples
 from .data.files import read_rows
 from .diagnostics import overfitting_warnings
-from .errors import TunelabError
+from .errors import ConfigError, TunelabError
 from .pipeline import data_for, fit, reload
 from .runs import RunLock, RunWriter, check_free, read_run, run_name, versions
 from .settings import from_dict, load_config
 from .tasks import task_for
 from .tracking import Tracking
-from .training import distributed
+from .training import distributed, fsdp
 from .training.checkpoint import Checkpoint
 from .training.memory import PeakMemory
 from .training.precision import device
@@ -43,9 +43,18 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | dict | N
     unsupported = distributed.unsupported_launch()
     if unsupported:
         raise TunelabError(f"the accelerate config asks for {unsupported}, which tunelab's training loop does not do "
-                           f"(it trains data-parallel: every process holds the whole model); use distributed_type: "
-                           f"MULTI_GPU (configs/distributed/ddp.yaml) or torchrun --nproc_per_node N")
+                           f"(it trains data-parallel, or sharded with FSDP); use distributed_type: MULTI_GPU "
+                           f"(configs/distributed/ddp.yaml), FSDP (configs/distributed/fsdp.yaml), or torchrun "
+                           f"--nproc_per_node N")
     processes = distributed.launched()  # started by torchrun: how many train together
+    if fsdp.asked_by_launcher() and not cfg.train.fsdp:  # `accelerate launch` with distributed_type: FSDP
+        cfg = load_config(cfg.to_dict(), ["train.fsdp=true"])  # the run's config says how it was trained
+    if cfg.train.fsdp:
+        fsdp.Options.from_launch()  # its settings checked before any process waits for another
+        if processes == 1:
+            raise ConfigError("`train.fsdp` shards the model over the processes that torchrun or accelerate launch "
+                               "start, but this one runs alone; start several (torchrun --nproc_per_node N, or "
+                               "num_processes in the accelerate config), or set train.fsdp=false")
     if cfg.train.batch_size % processes:
         below = max(1, cfg.train.batch_size // processes) * processes
         raise TunelabError(f"`train.batch_size` is the batch of all {processes} processes together, so it must be a "
@@ -148,9 +157,10 @@ def _write_run(cfg: RunConfig, task, splits: Splits, adapted, fit_seconds: float
         metrics["processes"] = distributed.world()
     if from_trial is not None:
         metrics["from_trial"] = from_trial
+    # Every process: a sharded (FSDP) model's weights are gathered from all of them; rank 0 writes.
+    adapted.method.save(writer.path("model") if writer else None)
     if writer is None:  # another process of a data-parallel run: rank 0 writes
         return metrics
-    adapted.method.save(writer.path("model"))
     adapted.tokenizer.save_pretrained(writer.path("model"))
     writer.yaml("config.yaml", cfg.to_dict())
     writer.json("metrics.json", metrics)

@@ -91,6 +91,12 @@ class TrainConfig:
     gradient_checkpointing: bool = option(False, "Keep only each layer's input during the forward pass and "
                                           "recompute the rest in the backward pass, as Trainer's option of that "
                                           "name: less memory for longer sequences or larger batches, slower steps.")
+    fsdp: bool = option(False, "Shard the weights, gradients and optimizer state over the processes of a "
+                        "data-parallel run (FSDP2, each transformer block and then the root), so that full "
+                        "fine-tuning of a model that does not fit one device can run: `torchrun "
+                        "--nproc_per_node N tunelab train CONFIG train.fsdp=true`. `accelerate launch` with "
+                        "`distributed_type: FSDP` (configs/distributed/fsdp.yaml) sets it. `method: full` only; the "
+                        "run trains, evaluates and saves as without it (the saved model is the whole weights).")
     on_nonfinite: Literal["stop", "skip"] = option("stop", "What a step whose loss or gradients are not finite "
                                                    "(NaN, inf) does: `stop` the run with the step named, or `skip` "
                                                    "its update (counted in metrics.json's skipped_steps) and go on.")

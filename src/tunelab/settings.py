@@ -95,6 +95,11 @@ def validate(cfg: RunConfig) -> list[str]:
         if not method.supports(cfg.task):
             problems.append(f"method {cfg.method.name!r} does not support task {cfg.task!r}; methods for it: "
                             f"{', '.join(n for n, m in METHODS.items() if m.supports(cfg.task))}")
+        if cfg.train.fsdp and cfg.method.name != "full":
+            problems.append(f"`train.fsdp` (FSDP, set by torchrun's train.fsdp=true or an accelerate config with "
+                            f"distributed_type: FSDP) shards full fine-tuning only, got method {cfg.method.name!r}; "
+                            f"set method.name=full, or train {cfg.method.name} data-parallel without sharding "
+                            f"(torchrun, or configs/distributed/ddp.yaml)")
         metric = cfg.train.early_stopping.metric
         if metric is not None and metric not in task.metric_names:
             problems.append(f"`train.early_stopping.metric` {metric!r} is not a {cfg.task} metric; choose one of: "

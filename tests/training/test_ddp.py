@@ -168,15 +168,16 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused_in_one_line(t
         "set train.batch_size=6 or 8, or start a number of processes that divides it (torchrun --nproc_per_node)"]
 
 
-def test_an_accelerate_config_asking_for_fsdp_is_refused_in_one_line(tiny_config, tmp_path):
-    # `accelerate launch` with distributed_type FSDP sets this; the loop would run it as plain data parallelism.
+def test_an_accelerate_config_asking_for_deepspeed_is_refused_in_one_line(tiny_config, tmp_path):
+    # `accelerate launch` with distributed_type DEEPSPEED sets this; the loop would run it as plain data parallelism.
+    # (FSDP is done: test_fsdp.py.)
     config = _config(tiny_config, tmp_path)
     done = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", str(config)],
-                          env={**ENV, "ACCELERATE_USE_FSDP": "true"}, capture_output=True, text=True, timeout=120)
+                          env={**ENV, "ACCELERATE_USE_DEEPSPEED": "true"}, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: the accelerate config asks for FSDP"), done.stderr
-    assert "configs/distributed/ddp.yaml" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: the accelerate config asks for DeepSpeed"), done.stderr
+    assert "configs/distributed/ddp.yaml" in lines[0] and "configs/distributed/fsdp.yaml" in lines[0]
 
 
 @pytest.mark.long

@@ -24,6 +24,7 @@ from ..config import RunConfig
 from ..data import Example, Splits
 from ..tasks import TASKS, Task
 from ..training.batches import Batches, timing_batches
+from ..training import fsdp
 from ..training.checkpoint import Checkpoint
 from ..training.loop import Hooks, train
 from ..training.state import Training, TrainState
@@ -100,8 +101,9 @@ class Method:
         """The task's outputs for `examples` (label scores, answers, generated texts) and the mean loss if asked."""
         raise NotImplementedError
 
-    def save(self, folder: Path) -> None:
-        """Write what was learned into the run's model folder."""
+    def save(self, folder: Path | None) -> None:
+        """Write what was learned into the run's model folder; None in the other processes of a data-parallel run,
+        which write nothing but take part where the weights are gathered from all of them (FSDP)."""
         raise NotImplementedError
 
     def run_files(self) -> dict[str, list[dict[str, Any]]]:
@@ -151,7 +153,9 @@ class TrainedMethod(Method):
         model = self._load_base()
         self.head_modules = head_modules(model, self.newly_initialised, run.task.head_names)
         self.model = self.prepare(model, self.head_modules, run.task.peft_task_type)
-        if getattr(self.model, "hf_quantizer", None) is None:  # a quantized model is placed by its loader
+        # A quantized model is placed by its loader; a sharded one (FSDP) moves its shards alone, as the whole
+        # model may not fit the device.
+        if getattr(self.model, "hf_quantizer", None) is None and not run.cfg.train.fsdp:
             self.model.to(device())
         if run.cfg.train.gradient_checkpointing:
             enable_gradient_checkpointing(self.model, run.cfg.model)
@@ -195,6 +199,8 @@ class TrainedMethod(Method):
         training = Training.start(self.model, cfg.train, cfg.train.learning_rate or self.default_learning_rate,
                                   batches.n_batches(cfg.train.batch_size * cfg.train.gradient_accumulation_steps),
                                   self.precision, device())
+        if fsdp.is_sharded(self.model):
+            log(fsdp.describe(self.model))
         state = train(training, batches, evaluate, metric, task.better, log, checkpoint, resume, on_evaluation,
                       first_epoch_reports, hooks)
         self.model.eval()
@@ -206,8 +212,9 @@ class TrainedMethod(Method):
                                      max_length=cfg.data.max_length, batch_size=cfg.train.eval_batch_size,
                                      precision=self.precision, device=device(), with_loss=with_loss)
 
-    def save(self, folder: Path) -> None:
-        self.save_model(self.model, folder)
+    def save(self, folder: Path | None) -> None:
+        if folder is not None:
+            self.save_model(self.model, folder)
 
     def estimate(self, splits: Splits, load_seconds: float) -> dict[str, Any]:
         """Seconds per training step, timed on real batches through the loop's own `Training.step`, times the

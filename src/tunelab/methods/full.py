@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..training import fsdp
 from ..typed import non_negative, option
 from .base import TrainedMethod
 from .registry import register
@@ -55,8 +57,14 @@ class FullFineTuning(TrainedMethod):
                     p.requires_grad_(False)
         return model
 
-    def save_model(self, model: nn.Module, folder: Path) -> None:
-        model.save_pretrained(folder, safe_serialization=True)
+    def save(self, folder: Path | None) -> None:
+        # Sharded (FSDP): every process gives its shards, rank 0 writes the whole weights.
+        weights = fsdp.full_state_dict(self.model) if fsdp.is_sharded(self.model) else None
+        if folder is not None:
+            self.save_model(self.model, folder, weights)
+
+    def save_model(self, model: nn.Module, folder: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+        model.save_pretrained(folder, state_dict=weights, safe_serialization=True)
 
     def load_model(self, folder: Path, load_base: Callable[..., nn.Module]) -> nn.Module:
         return load_base(folder)

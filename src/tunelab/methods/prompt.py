@@ -328,7 +328,9 @@ class PromptEngineering(Method):
         return {"fit_seconds": round(load_seconds + seconds, 1), "trainable": 0,
                 "total": self.parameters()["total"], "load_seconds": round(load_seconds, 2)}
 
-    def save(self, folder: Path) -> None:
+    def save(self, folder: Path | None) -> None:
+        if folder is None:
+            return
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "prompt.json").write_text(json.dumps(self.saved_state(), indent=2, ensure_ascii=False))
 

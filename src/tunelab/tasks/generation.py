@@ -21,7 +21,7 @@ from torch import nn
 
 from ..data import Example
 from ..errors import TrainingError, TunelabError
-from ..training import distributed
+from ..training import distributed, fsdp
 from ..training.batches import Batches
 from ..training.loop import predict_scores
 from ..training.precision import autocast
@@ -263,12 +263,17 @@ class GenerationTask(Task):
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         texts: list[str] = [""] * len(prompts)
         mine = distributed.part(order)  # data-parallel: each process its part, gathered below
-        for start in range(0, len(mine), batch_size):
+        # Sharded (FSDP), every token's forward gathers the weights from all processes: each makes as many calls as
+        # rank 0 (the largest part; a stand-in prompt where its own are done), and `synced_gpus` keeps each call's
+        # processes stepping together until all have finished.
+        sharded = fsdp.is_sharded(model)
+        for start in range(0, len(distributed.part(order, 0) if sharded else mine), batch_size):
             rows = mine[start:start + batch_size]
-            input_ids, attention_mask = left_pad([prompts[i] for i in rows], pad)
+            input_ids, attention_mask = left_pad([prompts[i] for i in rows or order[:1]], pad)
             with autocast(precision, device):
                 generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                           generation_config=config, tokenizer=tokenizer)
+                                           generation_config=config, tokenizer=tokenizer,
+                                           **({"synced_gpus": True} if sharded else {}))
             answers = tokenizer.batch_decode(generated[:, input_ids.shape[1]:].cpu(), skip_special_tokens=True)
             for i, answer in zip(rows, answers):
                 texts[i] = cut_at_stop(answer, o.stop)

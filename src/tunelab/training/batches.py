@@ -11,6 +11,7 @@ import torch
 
 from ..data import Example
 from .distributed import part
+from .fsdp import Filler
 
 
 class Batches:
@@ -39,7 +40,7 @@ class Batches:
             yield self.batch(order[start:start + batch_size])
 
     def steps(self, batch_size: int, accumulate: int = 1, generator: torch.Generator | None = None,
-              group_by_length: bool = False, skip: int = 0, rank: int = 0, world: int = 1
+              group_by_length: bool = False, skip: int = 0, rank: int = 0, world: int = 1, fill: bool = False
               ) -> Iterator[list[dict[str, torch.Tensor] | None]]:
         """One list of micro-batches per optimisation step: the batches of `iterate` at batch_size × accumulate,
         each cut into `accumulate` micro-batches of `batch_size` (each padded to its own longest). The steps hold
@@ -48,7 +49,8 @@ class Batches:
         With `world` processes (data-parallel training, `distributed.py`), every process draws the same order and
         process `rank` keeps its rows of each micro-batch (`distributed.part`: batch_size / world examples, the
         length grouping included), collated with the whole micro-batch, so padded as one process pads it (a span
-        loss over every position sees the padding); None where a short last micro-batch leaves it nothing."""
+        loss over every position sees the padding); None where a short last micro-batch leaves it nothing, or with
+        `fill` (sharded training, which needs every process in every forward) its first row as a `Filler`."""
         step = batch_size * accumulate
         order = self._order(step, generator, group_by_length)
         for start in range(skip * step, len(order), step):
@@ -58,7 +60,8 @@ class Batches:
                 yield [self.batch(m) for m in micro]
                 continue
             rows = [part(range(len(m)), rank, world) for m in micro]
-            yield [self.rows_of(self.batch(m), r) if len(r) else None for m, r in zip(micro, rows)]
+            yield [self.rows_of(self.batch(m), r) if len(r) else
+                   Filler(self.rows_of(self.batch(m), range(1))) if fill else None for m, r in zip(micro, rows)]
 
     def rows_of(self, batch: dict[str, torch.Tensor], rows: range) -> dict[str, torch.Tensor]:
         """Rows `rows` of a collated batch (and the entries that are the batch's as a whole)."""

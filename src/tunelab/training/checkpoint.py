@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import differences
 from ..errors import TunelabError
-from . import distributed
+from . import distributed, fsdp
 from .state import Training, TrainState
 
 WEIGHTS, BEST, STATE, TENSORS, CONFIG = ("weights.safetensors", "best.safetensors", "trainer_state.json",
@@ -61,6 +61,7 @@ class Checkpoint:
         self.keep = keep  # complete checkpoints kept: the newest and keep - 1 before it
         self.best_step: int | None = None  # the step whose best weights the saved checkpoint holds
         self.other_rngs: list[torch.Tensor] = []  # data-parallel: the RNG states of processes 1, 2, … to save
+        self.whole: tuple[Any, ...] = ()  # the weights, best weights and optimizer state to save, whole (`_gather`)
         old = self.folder.with_name(self.folder.name + ".old")
         if old.is_dir() and not self.folder.exists():  # killed between the renames of an older tunelab's `save`
             old.rename(self.folder)
@@ -115,12 +116,15 @@ class Checkpoint:
         """Write `t` (the whole of a run's training) as the newest checkpoint; the older ones move down a place
         only once it is complete, and the oldest beyond `keep` goes. A full disk ends with one clear line and
         leaves the checkpoints that were there."""
-        # Data-parallel: every process's dropout RNG goes in, rank 0 alone writes.
+        # Data-parallel: every process's dropout RNG goes in, rank 0 alone writes. Sharded (FSDP): every process
+        # takes part in gathering the whole tensors, so that the checkpoint is the same as without sharding.
         rngs = distributed.gather_to_main(torch.get_rng_state())
+        whole = self._gather(t)
         if not distributed.is_main():
             self.best_step = t.state.best_step
             return
         self.other_rngs = rngs[1:]  # processes 1, 2, …
+        self.whole = whole
         tmp = self.folder.with_name(self.folder.name + ".partial")
         try:
             self._write(t, tmp)
@@ -132,6 +136,8 @@ class Checkpoint:
             raise TunelabError(f"the disk holding {self.folder.parent} is full: the checkpoint at step "
                                f"{t.state.step} could not be written ({kept}); free some space, then run the same "
                                f"command with --resume") from None
+        finally:
+            self.whole = ()  # under FSDP, copies of a whole model and its optimizer state
         # Rotate: newest → .1 → .2 …; a kill between two renames leaves every complete one under some name, and
         # `candidates` takes the newest of them.
         for i in range(max(self.keep - 1, 1), 0, -1):
@@ -146,21 +152,35 @@ class Checkpoint:
                 shutil.rmtree(p, ignore_errors=True)
         self.best_step = t.state.best_step
 
+    def _link_best(self, t: Training) -> bool:
+        """Whether the saved best weights are still the best: they change only at an evaluation, and between two
+        the saved file is linked instead of rewritten (a whole model's copy for full fine-tuning)."""
+        return distributed.agree(self.best_step == t.state.best_step and (self.folder / BEST).is_file())
+
+    def _gather(self, t: Training) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, Any]:
+        """The trainable weights, the best ones (None where the saved file still holds them or there are none) and
+        the optimizer's state, whole and on the CPU (sharded ones gathered: every process calls this)."""
+        link = t.state.best_value is None or self._link_best(t)
+        keep = distributed.is_main()  # the others take part in gathering sharded tensors, and keep nothing
+        if not keep and not fsdp.is_sharded(t.model):
+            return {}, None, None
+        weights = fsdp.gathered({n: p for n, p in t.model.named_parameters() if p.requires_grad}, keep)
+        best = None if link else fsdp.gathered(t.best_weights, keep)
+        return weights, best, fsdp.gathered(t.optimizer.state_dict(), keep)
+
     def _write(self, t: Training, tmp: Path) -> None:
+        weights, best, optimizer = self.whole
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file({n: p.detach().cpu().contiguous() for n, p in t.model.named_parameters() if p.requires_grad},
-                  tmp / WEIGHTS)
+        save_file({n: p.contiguous() for n, p in weights.items()}, tmp / WEIGHTS)
         if t.state.best_value is not None:
-            # The best weights change only at an evaluation: between two, link the saved file instead of rewriting
-            # it (a whole model's copy for full fine-tuning).
-            if self.best_step == t.state.best_step and (self.folder / BEST).is_file():
+            if best is None:  # unchanged since the last checkpoint (`_link_best`)
                 try:
                     os.link(self.folder / BEST, tmp / BEST)
                 except OSError:  # a file system without hard links
                     shutil.copy2(self.folder / BEST, tmp / BEST)
             else:
-                save_file({n: w.cpu().contiguous() for n, w in t.best_weights.items()}, tmp / BEST)
+                save_file({n: w.contiguous() for n, w in best.items()}, tmp / BEST)
         tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state(), "rng.shuffle": t.shuffle.get_state(),
                                             "rng.epoch_start": t.epoch_rng}
         for r, rng in enumerate(self.other_rngs, 1):
@@ -168,7 +188,7 @@ class Checkpoint:
         if torch.cuda.is_available():
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
                 tensors[f"rng.cuda.{i}"] = s
-        state = {"optimizer": _split(t.optimizer.state_dict(), tensors, "optimizer"),
+        state = {"optimizer": _split(optimizer, tensors, "optimizer"),
                  "scheduler": _split(t.scheduler.state_dict(), tensors, "scheduler"),
                  "train": asdict(t.state), "batches_done": t.batches_done, "running": [t.running, t.since_log],
                  "total_steps": t.total_steps, "seconds": t.seconds(), "saved_at": time.time()}
@@ -192,11 +212,12 @@ class Checkpoint:
                            + "; ".join(passed_over) + f"; delete {self.folder}* to start over")
 
     def _apply(self, t: Training, weights, tensors, state, best) -> None:
+        # Sharded (FSDP): each process cuts its shards from the whole tensors it read (`fsdp.shard_like`).
         params = dict(t.model.named_parameters())
         with torch.no_grad():
             for name, value in weights.items():
-                params[name].copy_(value)
-        t.optimizer.load_state_dict(_join(state["optimizer"], tensors))
+                params[name].copy_(fsdp.shard_like(value, params[name]))
+        t.optimizer.load_state_dict(_sharded_like(_join(state["optimizer"], tensors), t.optimizer))
         t.scheduler.load_state_dict(_join(state["scheduler"], tensors))
         # Process r of a data-parallel run its own (a resume with more processes than saved: rank 0's).
         torch.set_rng_state(tensors.get(f"rng.torch.{distributed.rank()}", tensors["rng.torch"]))
@@ -207,7 +228,7 @@ class Checkpoint:
                 torch.cuda.set_rng_state_all(cuda)
         t.epoch_rng = tensors["rng.epoch_start"]
         if best is not None:
-            t.best_weights = {n: w.to(t.device) for n, w in best.items()}
+            t.best_weights = {n: fsdp.shard_like(w, params[n]) for n, w in best.items()}
         t.state = TrainState(**state["train"])
         t.state.resumed_at_step = t.state.step
         t.state.seconds_before_resume = state["seconds"]
@@ -245,6 +266,15 @@ def _read(folder: Path) -> tuple[dict, dict, dict, dict | None]:
         raise _Damaged(f"{TENSORS}: {', '.join(missing)} missing")
     best = safetensors(BEST) if (folder / BEST).is_file() else None
     return weights, tensors, state, best
+
+
+def _sharded_like(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """A saved optimizer state (whole tensors) with each weight's moments cut as that weight is (sharded, FSDP);
+    unchanged otherwise. The state's keys are the weights' positions in the optimizer's groups."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return {**saved, "state": {i: {k: fsdp.shard_like(v, params[int(i)]) if torch.is_tensor(v)
+                                   and v.shape == params[int(i)].shape else v for k, v in s.items()}
+                               for i, s in saved["state"].items()}}
 
 
 def _reason(e: Exception) -> str:

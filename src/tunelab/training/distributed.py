@@ -18,6 +18,8 @@ Evaluation shards the features the same way and gathers every process's outputs 
 the whole split's outputs, with no feature counted twice or lost; the metrics, and every decision taken from them
 (the best epoch, early stopping), are then the same on every process, and are broadcast from rank 0 to be sure.
 
+Sharded training (FSDP, `train.fsdp`) keeps this data flow and changes where the weights live: `fsdp.py`.
+
 Backends: gloo on CPU, nccl on CUDA (one GPU per process, `LOCAL_RANK`). Outside torchrun everything here is a no-op.
 """
 from __future__ import annotations
@@ -38,12 +40,11 @@ def launched() -> int:
 
 
 def unsupported_launch() -> str | None:
-    """What an `accelerate launch` config asked for that this loop does not do (FSDP, DeepSpeed), or None: it
-    would otherwise run as plain data parallelism, every process holding the whole model, without a word."""
-    for variable, what in (("ACCELERATE_USE_FSDP", "FSDP (distributed_type: FSDP)"),
-                           ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed (distributed_type: DEEPSPEED)")):
-        if os.environ.get(variable, "").lower() in ("1", "true", "yes"):
-            return what
+    """What an `accelerate launch` config asked for that this loop does not do (DeepSpeed), or None: it would
+    otherwise run as plain data parallelism, every process holding the whole model, without a word. (FSDP is done:
+    `fsdp.py`.)"""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true", "yes"):
+        return "DeepSpeed (distributed_type: DEEPSPEED)"
     return None
 
 

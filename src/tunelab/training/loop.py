@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import distributed, fsdp
 from .batches import Batches
 from .checkpoint import Checkpoint
 from .interrupt import deferred_stop, stop_for
@@ -57,6 +57,8 @@ def predict_scores(model: nn.Module, batches: Batches, batch_size: int, precisio
         idx = order[start:start + batch_size]
         rows = distributed.part(range(len(idx)))
         if not len(rows):
+            if fsdp.is_sharded(model):  # the others' forward gathers the weights with this process: take part
+                model(**{k: v.to(device) for k, v in batches.rows_of(batches.batch(idx[:1]), range(1)).items()})
             continue
         batch = batches.batch(idx)
         if distributed.world() > 1:
@@ -154,7 +156,8 @@ def train(training: Training, batches: Batches, evaluate: Callable[[], dict[str,
             reports = {steps_per_epoch * k // first_epoch_reports: k / first_epoch_reports
                        for k in range(1, first_epoch_reports)} if epoch == 0 and on_evaluation else {}
             for micro in batches.steps(cfg.batch_size, accumulate, t.shuffle, cfg.group_by_length, skip=skip,
-                                       rank=distributed.rank(), world=distributed.world()):
+                                       rank=distributed.rank(), world=distributed.world(),
+                                       fill=fsdp.is_sharded(t.model)):
                 loss = t.step(micro, batches.task.n_targets)
                 t.batches_done += 1
                 done = t.batches_done

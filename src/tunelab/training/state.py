@@ -18,7 +18,7 @@ from transformers import get_scheduler
 
 from ..config import TrainConfig
 from ..errors import TrainingError
-from . import distributed
+from . import distributed, fsdp
 from .precision import autocast
 
 
@@ -75,7 +75,11 @@ class Training:
               device: torch.device) -> "Training":
         """Seeded optimizer, scheduler and data order for a run of `cfg.epochs` epochs."""
         torch.manual_seed(cfg.seed)
-        if getattr(model, "hf_quantizer", None) is None:  # 4-bit weights (QLoRA) stay where their loader put them
+        sharded = cfg.fsdp and distributed.world() > 1
+        if sharded:  # one starting point for every process, then each keeps its shards (on the device)
+            distributed.broadcast_parameters([p for p in model.parameters() if p.requires_grad])
+            fsdp.shard(model, device, fsdp.Options.from_launch())
+        elif getattr(model, "hf_quantizer", None) is None:  # 4-bit weights (QLoRA) stay where their loader put them
             model.to(device)
         # The fused kernel updates every tensor in one pass (CPU and CUDA, since torch 2.4) instead of ~10 passes
         # per tensor; Hugging Face's Trainer picks it by default too (`adamw_torch_fused`).
@@ -88,7 +92,8 @@ class Training:
         training = cls(model, cfg, learning_rate, optimizer, scheduler, shuffle, precision, device, total)
         training.trainable = [p for p in model.parameters() if p.requires_grad]
         if distributed.world() > 1:
-            distributed.broadcast_parameters(training.trainable)  # one starting point for every process
+            if not sharded:
+                distributed.broadcast_parameters(training.trainable)  # one starting point for every process
             torch.manual_seed(cfg.seed + distributed.rank())  # dropout: each process its own masks
         training.best_weights = trainable_copy(model)
         training.epoch_rng = shuffle.get_state()
@@ -105,33 +110,41 @@ class Training:
 
         In data-parallel training the micro-batches are this process's parts (None: an empty one), Σn runs over
         every process's, and the weighted gradients and losses are summed over the processes
-        (`distributed.sum_gradients`): every process takes the same update, the one of the whole batch."""
+        (`distributed.sum_gradients`): every process takes the same update, the one of the whole batch. Sharded
+        (FSDP), the backward pass sums them itself, and an empty part is a `fsdp.Filler`, trained with weight 0."""
         micro = batch if isinstance(batch, list) else [batch]
+        fillers = [isinstance(b, fsdp.Filler) for b in micro]
         micro = [None if b is None else {k: v.to(self.device) for k, v in b.items()} for b in micro]
-        parallel = distributed.world() > 1
-        counts = [0 if b is None else n_targets(b) if n_targets and (len(micro) > 1 or parallel) else 1
-                  for b in micro]
+        parallel, sharded = distributed.world() > 1, fsdp.is_sharded(self.model)
+        counts = [0 if b is None or filler else n_targets(b) if n_targets and (len(micro) > 1 or parallel) else 1
+                  for b, filler in zip(micro, fillers)]
         total = distributed.total(sum(counts))
         value, problem = 0.0, None
-        for b, n in zip(micro, counts):
+        for b, n, filler in zip(micro, counts, fillers):
             if b is None:
                 continue
             with autocast(self.precision, self.device):
                 loss = self.model(**b).loss
             part = float(loss.detach())
-            if not math.isfinite(part):
-                problem = f"the training loss became {part}"
-                break
-            value += part * n / total
+            if not math.isfinite(part) and not filler:
+                problem = problem or f"the training loss became {part}"
+                if not sharded:
+                    break
+            if filler or problem:  # sharded: no contribution (the step is dropped), but the others' collectives
+                loss, n = torch.nan_to_num(loss) * 0.0, total
+            else:
+                value += part * n / total
             (loss if n == total else loss * (n / total)).backward()
         if parallel:  # every process must take the same decision below: a problem on one is one on all
-            value, bad = distributed.sum_gradients(self.trainable, [value, float(problem is not None)])
+            summed = [] if sharded else self.trainable  # sharded: summed by the backward pass
+            value, bad = distributed.sum_gradients(summed, [value, float(problem is not None)])
             if bad and problem is None:
                 problem = "the training loss became non-finite in another process"
         if problem is None:
             # The norm is computed even without clipping (max_norm inf scales by exactly 1): a finite loss can
             # still give inf or NaN gradients (an overflow in the backward pass), which must not reach the weights.
             norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm or math.inf)
+            norm = fsdp.full_value(norm)  # sharded gradients: the global norm, the same on every process
             if not math.isfinite(float(norm)):
                 problem = f"the gradients became {float(norm)} (loss {value:.4g})"
         if problem is not None:
