@@ -7,7 +7,10 @@ its texts, not on whether they were seen before, and no test metric is read here
 
 Figures per size: milliseconds per training example (training steps only; the best repeat), its ratio to the 1k
 figure, and memory: the process's peak resident set, and the growth of the resident set during training over
-what it held once the data were tokenised and the model loaded (what a longer epoch would add, if anything).
+what it held once the data were tokenised and the model loaded, and whether it still grows late in training: the
+peak resident set of the second half of training against the first half's (sampled every 0.2 s). Memory that
+rises only until the allocator has met the batch shapes stops early in a long run; anything held per example
+trained would keep rising through the second half.
 
     python bench/scaling.py [--sizes 1000,4000,16000] [--repeats 2] [--json bench/results/scaling.json]
 """
@@ -21,6 +24,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -64,15 +68,34 @@ def run_one(data: str, model: str, overrides: list[str]) -> dict:
     batches = Batches(adapted.task, adapted.tokenizer, splits.train, splits.labels, cfg.data.max_length)
     learning_rate = cfg.train.learning_rate or type(adapted.method).default_learning_rate
     loaded = rss_mib()
+    samples: list[tuple[float, float]] = []  # (seconds into training, resident MiB), every 0.2 s
+    done = threading.Event()
     start = time.perf_counter()
+    sampler = threading.Thread(target=_sample_rss, args=(samples, start, done), daemon=True)
+    sampler.start()
     training = Training.start(adapted.model, cfg.train, learning_rate, batches.n_batches(cfg.train.batch_size),
                               adapted.precision, device())
     train(training, batches, lambda: {"loss": 0.0}, "loss", adapted.task.better, log=lambda _: None)
     seconds = time.perf_counter() - start
+    done.set()
+    sampler.join()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # Does memory grow with the examples trained, or only until the allocator has met the batch shapes? The peak
+    # of the second half of training against the first half's: a leak, or anything held per example, adds to it.
+    first = max([m for t, m in samples if t <= seconds / 2] or [loaded])
+    second = max([m for t, m in samples if t > seconds / 2] or [first])
     return {"train_examples": len(batches), "seconds": seconds, "ms_per_example": 1000 * seconds / len(batches),
             "tokens": sum(len(f["input_ids"]) for f in batches.features), "precision": adapted.precision,
-            "rss_loaded_mib": loaded, "peak_rss_mib": peak, "training_growth_mib": peak - loaded}
+            "rss_loaded_mib": loaded, "peak_rss_mib": peak, "training_growth_mib": peak - loaded,
+            "rss_first_half_mib": round(first, 1), "rss_second_half_mib": round(second, 1),
+            "growth_in_second_half_mib": round(round(second, 1) - round(first, 1), 1)}
+
+
+def _sample_rss(samples: list[tuple[float, float]], start: float, done: threading.Event) -> None:
+    while True:
+        samples.append((time.perf_counter() - start, rss_mib()))
+        if done.wait(0.2):
+            return
 
 
 def child(data: str, model: str, overrides: list[str]) -> dict:
@@ -110,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"peak {r['peak_rss_mib']:.0f} MiB", flush=True)
     best = {n: min(rs, key=lambda r: r["ms_per_example"]) for n, rs in runs.items()}
     base = best[sizes[0]]
-    print(f"\n| training examples | ms per example | × {sizes[0]:,}'s | peak MiB | growth while training MiB |\n"
-          "|---:|---:|---:|---:|---:|")
+    print(f"\n| training examples | ms per example | × {sizes[0]:,}'s | peak MiB | growth while training MiB | "
+          "peak of 1st half MiB | 2nd half − 1st MiB |\n|---:|---:|---:|---:|---:|---:|---:|")
     results = []
     for n in sizes:
         r = best[n]
@@ -121,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         results.append(r)
         print(f"| {r['train_examples']:,} | {r['ms_per_example']:.2f} ({min(r['repeats_ms_per_example']):.2f}–"
               f"{max(r['repeats_ms_per_example']):.2f}) | {r['vs_smallest']:.2f} | {r['peak_rss_mib']:.0f} | "
-              f"{r['training_growth_mib']:.0f} |")
-    print("(ms per example: the best repeat (range over repeats); peak: the highest over repeats)")
+              f"{r['training_growth_mib']:.0f} | {r['rss_first_half_mib']:.0f} | {r['growth_in_second_half_mib']:+.0f} |")
+    print("(ms per example: the best repeat (range over repeats); peak: the highest over repeats; the halves are "
+          "of the best repeat's training time, resident memory sampled every 0.2 s)")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"when": time.strftime("%Y-%m-%d %H:%M:%S"), "results": results}, indent=1))

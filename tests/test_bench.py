@@ -97,6 +97,9 @@ def test_scaling_bench_writes_ms_per_example_and_memory_for_each_size(tiny_bert,
     assert [r["train_examples"] for r in results] == [48, 96]
     assert results[0]["vs_smallest"] == 1.0 and results[1]["ms_per_example"] > 0
     assert all(r["peak_rss_mib"] >= r["rss_loaded_mib"] > 0 for r in results)
+    for r in results:  # resident memory sampled through training: the first half's peak, then the second's
+        assert 0 < r["rss_first_half_mib"] and 0 < r["rss_second_half_mib"] <= r["peak_rss_mib"]
+        assert r["growth_in_second_half_mib"] == round(r["rss_second_half_mib"] - r["rss_first_half_mib"], 1)
     assert "| 96 |" in done.stdout
 
 
