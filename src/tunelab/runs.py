@@ -150,8 +150,7 @@ class RunLock:
     @staticmethod
     def _stale(holder: dict[str, Any]) -> bool:
         """Whether the holder was a process of this machine that no longer exists."""
-        pid, _, host = str(holder.get("owner", "")).partition(".")
-        return host == _owner().split(".")[1] and pid.isdigit() and not _alive(int(pid))
+        return process_gone(str(holder.get("owner", "")))
 
 
 def this_process() -> str:
