@@ -103,6 +103,8 @@ def run_one(recipe: str, case: str, examples: int, precision: str, overrides: li
             "tokens": sum(lengths), "seconds": seconds, "examples_per_s": len(batches) / seconds,
             "tokens_per_s": sum(lengths) / seconds, "flops": useful_flops(adapted.model, lengths),
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            # On a GPU, the allocator's peak over the whole run (training and the test's evaluation).
+            "device_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
             "metric": metric, "test_metric": float(test[metric]), "test_examples": len(test_examples),
             "test_metric_90": half_width, "threads": torch.get_num_threads(),
             "correct": [int(p == e.label) for p, e in zip(predictions, test_examples)] if metric == "accuracy" else None}
@@ -112,10 +114,12 @@ def _train_tunelab(cfg, adapted, batches, learning_rate: float) -> float:
     from tunelab.training.loop import train
     from tunelab.training.precision import device
     from tunelab.training.state import Training
+    _synchronize()
     start = time.perf_counter()
     training = Training.start(adapted.model, cfg.train, learning_rate, batches.n_batches(cfg.train.batch_size),
                               adapted.precision, device())
     train(training, batches, lambda: {"loss": 0.0}, "loss", adapted.task.better, log=lambda _: None)
+    _synchronize()
     return time.perf_counter() - start
 
 
@@ -140,8 +144,10 @@ def _train_trainer(cfg, adapted, batches, learning_rate: float, best: bool) -> f
                                  report_to=[], logging_steps=50, disable_tqdm=True, seed=cfg.train.seed,
                                  dataloader_num_workers=0, **flags)
         trainer = Trainer(model=adapted.model, args=args, train_dataset=rows, data_collator=collator)
+        _synchronize()
         start = time.perf_counter()
         trainer.train()
+        _synchronize()
         return time.perf_counter() - start
 
 
@@ -162,19 +168,32 @@ def useful_flops(model, lengths: list[int]) -> float:
 
 
 def gemm_peak(dtype_name: str) -> float:
-    """FLOP/s of the best of five 2,048² matrix products in `dtype_name`, with this process's threads."""
+    """FLOP/s of the best of five square matrix products in `dtype_name` on the training device: 2,048² on a CPU
+    (with this process's threads), 8,192² on a GPU (smaller ones leave a large GPU partly idle)."""
     import torch
+
+    from tunelab.training.precision import device
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    n = 2048
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b  # warm-up
+    dev = device()
+    n = 8192 if dev.type == "cuda" else 2048
+    a, b = torch.randn(n, n, dtype=dtype, device=dev), torch.randn(n, n, dtype=dtype, device=dev)
+    _timed(lambda: a @ b)  # warm-up: oneDNN or cuBLAS picks its kernel on the first call
     best = min(_timed(lambda: a @ b) for _ in range(5))
     return 2 * n ** 3 / best
 
 
+def _synchronize() -> None:
+    """Wait for the GPU's queued work: its kernels run after the Python call that launched them returns."""
+    import torch
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _timed(fn) -> float:
+    _synchronize()
     start = time.perf_counter()
     fn()
+    _synchronize()
     return time.perf_counter() - start
 
 
@@ -297,12 +316,19 @@ def print_table(results: list[dict]) -> None:
         d = r["vs_hf_best_accuracy"]
         delta = f"{100 * d[0]:+.1f} pt [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}]" if d else "–"
         print(f"| {r['case']} | {r['recipe']} | {r['examples_per_s']:.1f}{spread} | {r['tokens_per_s']:.0f} | "
-              f"{r['vs_hf']:.2f} | {r['vs_hf_best']:.2f} | {r['peak_rss_mib']:.0f} | "
+              f"{r['vs_hf']:.2f} | {r['vs_hf_best']:.2f} | {_peak(r)} | "
               f"{r['metric']} {r['test_metric']:.3f}{sure} | {delta} | {r['flops_per_s'] / 1e9:.1f} | "
               f"{100 * r['fraction_of_gemm_peak']:.0f}% |")
+    print("(peak MiB: the process's resident memory on a CPU; on a GPU the GPU allocator's peak, then the resident "
+          "memory after the slash)")
     print("(examples/s: the best repeat, ± their spread over repeats (standard deviation / mean); test: the mean "
           "over repeats (seeds 0, 1, …) ± standard deviation, or one run's 90% interval; [ ]: 90% interval of the "
           "difference, seed against seed (or example against example for one repeat))")
+
+
+def _peak(r: dict) -> str:
+    device = r.get("device_peak_mib")
+    return f"{r['peak_rss_mib']:.0f}" if device is None else f"{device:.0f} / {r['peak_rss_mib']:.0f}"
 
 
 if __name__ == "__main__":

@@ -47,3 +47,11 @@ def test_timing_times_a_real_layer_and_leaves_the_global_rng_alone():
     torch.manual_seed(0)
     assert 0 < precision.linear_seconds(torch.float32) < 5
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_batch_for_the_cpu_is_moved_as_it_is():
+    """Pinned memory is for copies to a GPU only (pinning needs CUDA): on a CPU the batch is its own tensors."""
+    from tunelab.training.precision import to_device
+    batch = {"input_ids": torch.arange(6).view(2, 3)}
+    moved = to_device(batch, torch.device("cpu"))
+    assert moved["input_ids"] is batch["input_ids"]

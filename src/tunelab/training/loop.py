@@ -21,7 +21,7 @@ from . import distributed, fsdp
 from .batches import Batches
 from .checkpoint import Checkpoint
 from .interrupt import deferred_stop, stop_for
-from .precision import autocast
+from .precision import autocast, to_device
 from .state import Training, TrainState
 
 
@@ -58,13 +58,13 @@ def predict_scores(model: nn.Module, batches: Batches, batch_size: int, precisio
         rows = distributed.part(range(len(idx)))
         if not len(rows):
             if fsdp.is_sharded(model):  # the others' forward gathers the weights with this process: take part
-                model(**{k: v.to(device) for k, v in batches.rows_of(batches.batch(idx[:1]), range(1)).items()})
+                model(**to_device(batches.rows_of(batches.batch(idx[:1]), range(1)), device))
             continue
         batch = batches.batch(idx)
         if distributed.world() > 1:
             batch = batches.rows_of(batch, rows)
         mine += idx[rows.start:rows.stop]
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = to_device(batch, device)
         with autocast(precision, device):
             out = model(**batch)
         if keep_outputs:

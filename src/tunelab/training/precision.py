@@ -70,6 +70,15 @@ def resolve(precision: str, dev: torch.device) -> str:
     return distributed.agree("bf16" if cpu_bf16_is_faster() else "fp32")
 
 
+def to_device(batch: dict[str, torch.Tensor], dev: torch.device) -> dict[str, torch.Tensor]:
+    """A batch's tensors on `dev`. To a GPU they go through pinned (page-locked) host memory without blocking, as
+    a `DataLoader(pin_memory=True)` does: the copy is a DMA transfer the GPU queues behind its work, so the host
+    goes on preparing the next step instead of waiting for the copy."""
+    if dev.type != "cuda":
+        return {k: v.to(dev) for k, v in batch.items()}
+    return {k: v.pin_memory().to(dev, non_blocking=True) for k, v in batch.items()}
+
+
 def autocast(precision: str, dev: torch.device):
     if precision == "bf16":
         return torch.autocast(dev.type, dtype=torch.bfloat16)

@@ -19,7 +19,7 @@ from transformers import get_scheduler
 from ..config import TrainConfig
 from ..errors import TrainingError
 from . import distributed, fsdp
-from .precision import autocast
+from .precision import autocast, to_device
 
 
 @dataclass
@@ -114,7 +114,7 @@ class Training:
         (FSDP), the backward pass sums them itself, and an empty part is a `fsdp.Filler`, trained with weight 0."""
         micro = batch if isinstance(batch, list) else [batch]
         fillers = [isinstance(b, fsdp.Filler) for b in micro]
-        micro = [None if b is None else {k: v.to(self.device) for k, v in b.items()} for b in micro]
+        micro = [None if b is None else to_device(b, self.device) for b in micro]
         parallel, sharded = distributed.world() > 1, fsdp.is_sharded(self.model)
         counts = [0 if b is None or filler else n_targets(b) if n_targets and (len(micro) > 1 or parallel) else 1
                   for b, filler in zip(micro, fillers)]
