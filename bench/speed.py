@@ -91,6 +91,10 @@ def run_one(recipe: str, case: str, examples: int, precision: str, overrides: li
     if recipe == "tunelab":
         seconds = _train_tunelab(cfg, adapted, batches, learning_rate)
     else:
+        # The Trainer as its users get it: PyTorch's own attention kernels, cuDNN's included (tunelab turns that one
+        # off on a GPU when it picks the device, see `training.precision.device`).
+        if torch.cuda.is_available():
+            torch.backends.cuda.enable_cudnn_sdp(True)
         seconds = _train_trainer(cfg, adapted, batches, learning_rate, best=recipe == "hf-best")
     test_examples = splits.test[:40] if cfg.task == "generation" else splits.test  # generating is slow
     test, outputs = adapted.evaluate_with_outputs(test_examples)

@@ -64,3 +64,16 @@ def test_on_a_gpu_with_bitsandbytes_the_config_is_qloras(monkeypatch):
     assert config.bnb_4bit_quant_type == "nf4" and config.bnb_4bit_use_double_quant
     assert config.bnb_4bit_compute_dtype == torch.bfloat16
     assert quantization_config(None) is None
+
+
+def test_a_4bit_parameter_counts_the_two_weights_in_each_byte():
+    """bitsandbytes packs two 4-bit weights per byte: QLoRA's weight count must not halve the frozen base."""
+    from tunelab.methods.base import count_parameters
+
+    class Params4bit(torch.nn.Parameter):  # bitsandbytes' class, by name (it is not installed here)
+        pass
+
+    model = torch.nn.Linear(8, 4, bias=False)
+    model.weight = Params4bit(torch.zeros(16, 1, dtype=torch.uint8), requires_grad=False)  # 32 weights, packed
+    model.extra = torch.nn.Parameter(torch.zeros(3))
+    assert count_parameters(model) == {"trainable": 3, "total": 35}

@@ -56,8 +56,10 @@ def test_a_batch_reaches_the_gpu_through_pinned_memory():
 
 def test_the_gpu_trains_as_the_cpu_does_in_fp32(tiny_config, tmp_path):
     """The same config, fp32, on the GPU here and on the CPU in a process that sees no GPU: the same losses and
-    test metrics to float tolerance (the kernels differ, so bit equality is not expected)."""
-    cfg = tiny_config("full", train__precision="fp32")
+    test metrics to float tolerance (the kernels differ, so bit equality is not expected). Without dropout: the GPU
+    draws its masks from its own generator, so with dropout the two would train on different masks (on an H200 the
+    losses then differed by up to 0.005)."""
+    cfg = tiny_config("full", train__precision="fp32", train__dropout=0.0)
     gpu = _metrics(train(cfg, log=lambda _: None))
     cpu_cfg = dict(cfg, output=str(tmp_path / "cpu-runs"))
     config = tmp_path / "cpu.json"

@@ -55,3 +55,17 @@ def test_a_batch_for_the_cpu_is_moved_as_it_is():
     batch = {"input_ids": torch.arange(6).view(2, 3)}
     moved = to_device(batch, torch.device("cpu"))
     assert moved["input_ids"] is batch["input_ids"]
+
+
+def test_on_a_gpu_attention_leaves_out_cudnn_s_kernel_which_plans_again_for_every_new_length(monkeypatch):
+    """cuDNN's attention made GPU training 3.7x slower (bench/gpu_checks.sh on an H200): choosing the GPU turns it
+    off, once; on a CPU nothing is touched."""
+    calls = []
+    monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", lambda enabled: calls.append(enabled))
+    precision._attention_without_cudnn.cache_clear()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert precision.device().type == "cpu" and calls == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert precision.device().type == "cuda" and precision.device().type == "cuda"
+    assert calls == [False]
+    precision._attention_without_cudnn.cache_clear()
