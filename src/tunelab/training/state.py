@@ -19,6 +19,7 @@ from transformers import get_scheduler
 from ..config import TrainConfig
 from ..errors import TrainingError
 from . import distributed, fsdp
+from .dropout import use_cpu_dropout
 from .precision import autocast, to_device
 
 
@@ -81,6 +82,8 @@ class Training:
             fsdp.shard(model, device, fsdp.Options.from_launch())
         elif getattr(model, "hf_quantizer", None) is None:  # 4-bit weights (QLoRA) stay where their loader put them
             model.to(device)
+        if device.type == "cpu":  # PyTorch's CPU dropout draws a random number per element: 30% of a step (dropout.py)
+            use_cpu_dropout(model)
         # The fused kernel updates every tensor in one pass (CPU and CUDA, since torch 2.4) instead of ~10 passes
         # per tensor; Hugging Face's Trainer picks it by default too (`adamw_torch_fused`).
         optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=learning_rate,
