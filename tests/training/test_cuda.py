@@ -39,10 +39,14 @@ def test_a_gpu_run_trains_in_bf16_with_sdpa_and_records_the_gpu_peak(tiny_config
     assert metrics["device"] == "cuda"
     assert metrics["precision"] == "bf16" and torch.cuda.is_bf16_supported()
     assert metrics["memory"]["device_peak_mb"] > 0
-    base = AutoModelForSequenceClassification.from_pretrained(cfg["model"], num_labels=2)
-    assert base.config._attn_implementation == "sdpa"  # transformers' default where the model supports it
-    model = PeftModel.from_pretrained(base, f"{result['run_folder']}/model")
-    assert model is not None
+    # The model tunelab prepares for training attends through SDPA (transformers' default where a model has it).
+    from tunelab.pipeline import data_for, prepare
+    from tunelab.settings import load_config
+    from tunelab.tasks import task_for
+    loaded = load_config(cfg)
+    adapted = prepare(loaded, data_for(loaded, task_for(loaded)), log=lambda _: None)
+    config = (adapted.model.get_base_model() if hasattr(adapted.model, "get_base_model") else adapted.model).config
+    assert config._attn_implementation == "sdpa"
 
 
 def test_a_batch_reaches_the_gpu_through_pinned_memory():
