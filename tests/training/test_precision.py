@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from tunelab.training import precision
 
@@ -69,3 +70,72 @@ def test_on_a_gpu_attention_leaves_out_cudnn_s_kernel_which_plans_again_for_ever
     assert precision.device().type == "cuda" and precision.device().type == "cuda"
     assert calls == [False]
     precision._attention_without_cudnn.cache_clear()
+
+
+def _lora_like_model():
+    """A frozen linear (a base layer), a trained one (a head), and an output layer tied to a frozen embedding."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 10, bias=False))
+    model[3].weight = model[0].weight  # tied, as a decoder's output layer and its embedding are
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model[2].weight.requires_grad_(True)
+    return model
+
+
+def test_frozen_weights_are_cast_once_and_give_autocast_s_products_exactly():
+    model = _lora_like_model()
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(ids)
+    weights = {n: p.clone() for n, p in model.named_parameters()}
+    with precision.frozen_weights_cast(model, "bf16", torch.device("cpu")) as cast:
+        assert cast == 2  # the frozen linear and the tied output layer; not the trained one
+        assert type(model[1]) is precision.FrozenLinear and type(model[2]) is nn.Linear
+        assert model[0].weight.dtype == torch.float32  # the embedding keeps its weights, tied or not
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(model(ids), expected)
+        assert model(ids).dtype == torch.float32  # without autocast: the fp32 weights, as before
+    assert all(type(m) in (nn.Embedding, nn.Linear) and not hasattr(m, "weight_bf16") for m in model)
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
+    assert set(model.state_dict()) == {"0.weight", "1.weight", "1.bias", "2.weight", "2.bias", "3.weight"}
+
+
+def test_frozen_weights_stay_as_they_are_in_fp32_and_after_an_error():
+    model = _lora_like_model()
+    with precision.frozen_weights_cast(model, "fp32", torch.device("cpu")) as cast:
+        assert cast == 0 and type(model[1]) is nn.Linear
+    with pytest.raises(RuntimeError):
+        with precision.frozen_weights_cast(model, "bf16", torch.device("cpu")):
+            raise RuntimeError("a step failed")
+    assert type(model[1]) is nn.Linear and not hasattr(model[1], "weight_bf16")
+
+
+def test_a_bf16_training_run_casts_the_frozen_weights_and_gives_them_back(tiny_config):
+    from tunelab.pipeline import data_for, prepare
+    from tunelab.settings import load_config
+    from tunelab.tasks import task_for
+    from tunelab.training.batches import Batches
+    from tunelab.training.loop import train
+    from tunelab.training.state import Training
+    cfg = load_config(tiny_config("lora", train__precision="bf16", train__epochs=1))
+    splits = data_for(cfg, task_for(cfg))
+    adapted = prepare(cfg, splits, log=lambda _: None)
+    batches = Batches(adapted.task, adapted.tokenizer, splits.train, splits.labels, cfg.data.max_length)
+    frozen = {n: p.clone() for n, p in adapted.model.named_parameters() if not p.requires_grad}
+    seen = []
+    original = precision.FrozenLinear.forward
+
+    def forward(self, x):
+        seen.append(self)
+        return original(self, x)
+
+    precision.FrozenLinear.forward = forward
+    try:
+        training = Training.start(adapted.model, cfg.train, 1e-3, batches.n_batches(8), "bf16", torch.device("cpu"))
+        train(training, batches, lambda: {"loss": 0.0}, "loss", adapted.task.better, log=lambda _: None)
+    finally:
+        precision.FrozenLinear.forward = original
+    assert seen  # the frozen base layers ran from their bf16 copies
+    assert not any(isinstance(m, precision.FrozenLinear) for m in adapted.model.modules())
+    assert all(torch.equal(p, frozen[n]) for n, p in adapted.model.named_parameters() if not p.requires_grad)

@@ -21,7 +21,7 @@ from . import distributed, fsdp
 from .batches import Batches
 from .checkpoint import Checkpoint
 from .interrupt import deferred_stop, stop_for
-from .precision import autocast, to_device
+from .precision import autocast, frozen_weights_cast, to_device
 from .state import Training, TrainState
 
 
@@ -131,7 +131,8 @@ def train(training: Training, batches: Batches, evaluate: Callable[[], dict[str,
         if hooks:
             hooks.recorded(row)
 
-    with deferred_stop() as asked:  # Ctrl-C / SIGTERM: finish the step, save there, then stop
+    # Ctrl-C / SIGTERM: finish the step, save there, then stop. Frozen weights cast to bf16 once, not every step.
+    with deferred_stop() as asked, frozen_weights_cast(t.model, t.precision, t.device):
 
         def stop_if_asked(saved: bool) -> None:
             signum = distributed.largest(asked() or 0)  # stop on every process, or on none

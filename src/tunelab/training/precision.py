@@ -6,6 +6,7 @@ import time
 from functools import lru_cache
 
 import torch
+from torch import nn
 
 from . import distributed
 
@@ -100,3 +101,43 @@ def autocast(precision: str, dev: torch.device):
     if precision == "bf16":
         return torch.autocast(dev.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+class FrozenLinear(nn.Linear):
+    """`nn.Linear` whose frozen weight is also kept in bf16 (`weight_bf16`) while bf16 autocast uses it.
+
+    Autocast casts a weight to bf16 at every call and keeps the copy only for weights that are trained (its cache
+    holds leaf tensors that require a gradient), so a frozen weight is cast again at every forward pass: in a
+    MiniLM LoRA step in bf16 the frozen weights' casts were 4% of the step (torch profiler), in SmolLM2's more.
+    Cast once, the product is the same: autocast rounds the same fp32 weight to the same bf16 one. Outside bf16
+    autocast, the fp32 weight is used as before."""
+
+    weight_bf16: torch.Tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type) and torch.get_autocast_dtype(x.device.type) == torch.bfloat16:
+            return nn.functional.linear(x, self.weight_bf16, self.bias)  # autocast casts x and the bias
+        return super().forward(x)
+
+
+@contextlib.contextmanager
+def frozen_weights_cast(model: nn.Module, precision: str, dev: torch.device):
+    """Within: the frozen fp32 `nn.Linear` weights of `model` also held in bf16 (`FrozenLinear`), when training in
+    bf16 on a CPU. The copies are dropped at the end, before anything may change those weights (merging LoRA
+    into them, say). On a GPU the casts are cheap next to the memory the copies would take (half the frozen
+    weights again), which is what bounds the model's size there."""
+    swapped = []
+    if precision == "bf16" and dev.type == "cpu":
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if (type(module) is nn.Linear and type(weight) is nn.Parameter and not weight.requires_grad
+                    and weight.dtype == torch.float32):
+                module.__class__ = FrozenLinear
+                module.weight_bf16 = weight.detach().to(torch.bfloat16)
+                swapped.append(module)
+    try:
+        yield len(swapped)
+    finally:
+        for module in swapped:
+            module.__class__ = nn.Linear
+            del module.weight_bf16

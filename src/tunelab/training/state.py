@@ -19,7 +19,7 @@ from transformers import get_scheduler
 from ..config import TrainConfig
 from ..errors import TrainingError
 from . import distributed, fsdp
-from .dropout import use_cpu_dropout
+from .dropout import use_cpu_attention, use_cpu_dropout
 from .precision import autocast, to_device
 
 
@@ -84,6 +84,7 @@ class Training:
             model.to(device)
         if device.type == "cpu":  # PyTorch's CPU dropout draws a random number per element: 30% of a step (dropout.py)
             use_cpu_dropout(model)
+            use_cpu_attention(model)  # and so does the attention's dropout inside SDPA
         # The fused kernel updates every tensor in one pass (CPU and CUDA, since torch 2.4) instead of ~10 passes
         # per tensor; Hugging Face's Trainer picks it by default too (`adamw_torch_fused`).
         optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=learning_rate,
