@@ -11,7 +11,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # `make test` runs two pytest workers on the machine's two cores (pytest-xdist): each, and every process a
+    # `make test` runs three pytest workers on the machine's two cores (pytest-xdist): each, and every process a
     # test starts, computes on one thread, as two processes with a thread per core would fight over the cores.
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
@@ -201,6 +201,7 @@ def causal_lm(tiny_llama):
 
 
 def pytest_collection_modifyitems(items):
-    """The long tests first (stable otherwise): `make test`'s two workers (`-n 2 --dist load`) are handed the first
-    tests one each in turn, so the long ones are split between them instead of one worker finishing them alone."""
+    """The long tests first (stable otherwise). `make test`'s workers (`-n 3 --dist worksteal`) each get a third of
+    this queue, and one that runs out takes half of what a busy one has left: the long tests start at once, and
+    the short ones fill in around them, instead of a long test starting last and ending the run alone."""
     items.sort(key=lambda item: item.get_closest_marker("long") is None)
