@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                 r = runs[recipe][-1]
                 print(f"  {case:19} {recipe:8} repeat {repeat + 1}: {r['examples_per_s']:7.2f} examples/s, "
                       f"{r['test_metric']:.4f} {r['metric']}", flush=True)
-        best = {r: max(runs[r], key=lambda x: x["examples_per_s"]) for r in RECIPES}
+        # Copies: the best runs get the means over repeats below, while the per-seed differences read every run.
+        best = {r: dict(max(runs[r], key=lambda x: x["examples_per_s"])) for r in RECIPES}
         for recipe, r in best.items():
             r["flops_per_s"] = r["flops"] / r["seconds"]
             r["fraction_of_gemm_peak"] = r["flops_per_s"] / peak[r["precision"]]
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             r["vs_hf_best_accuracy"] = (seed_difference(runs[recipe], runs["hf-best"]) if args.repeats > 1
                                         else paired_difference(r["correct"], best["hf-best"]["correct"]))
             results.append(r)
-        for r in [x for rs in runs.values() for x in rs]:  # per-example results: used above, too long for the JSON
+        for r in best.values():  # per-example results: used above, too long for the JSON
             r.pop("correct", None)
     for dtype in peak:  # measured again at the end, keeping the higher: a peak is what the machine can do at best
         peak[dtype] = max(peak[dtype], gemm_peak(dtype))
