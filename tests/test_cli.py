@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 import yaml
 
 from tunelab.cli import main
@@ -123,6 +125,7 @@ def test_a_terminated_run_leaves_no_partial_folder_and_keeps_its_checkpoint(tiny
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [".long.checkpoint", ".long.checkpoint.1"]
 
 
+@pytest.mark.cold_processes  # the SIGKILL must end the process that trains, at once
 def test_a_killed_run_resumes_exactly(tiny_config, tmp_path, capsys):
     """`kill -9` (an OOM kill, a power cut): no cleanup runs at all; `--resume` continues from the last checkpoint
     and ends with the weights of a run that was never stopped."""

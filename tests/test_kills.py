@@ -24,6 +24,8 @@ from safetensors.torch import load_file
 # One thread and deterministic kernels: the same steps give the same bits in every process.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 KILLS = 10
+# Processes that start as usual: kills land while one loads its modules too, and a lock names the pid started.
+pytestmark = pytest.mark.cold_processes
 
 
 SLOW_CHILD = """

@@ -238,15 +238,19 @@ def build(output: str | Path) -> gr.Blocks:
             if job is None:
                 return (gr.skip(),) * 4 + (gr.skip(),) * 4
             cfg = _read_cfg(job.folder)
-            rows = jobs.progress(job.folder, job.methods, job.running)
+            # One look at the process for the whole tick: a process ending between two looks showed "stopped"
+            # above a table that still said "training".
+            state = job.state()
+            running = job.process.returncode is None
+            rows = jobs.progress(job.folder, job.methods, running)
             png = results.curves_png(job.folder, job.methods, cfg.get("task", "classification"),
                                      ((cfg.get("train") or {}).get("early_stopping") or {}).get("metric"))
             image = _image(png) if png else gr.skip()
             shown = (gr.skip(),) * 4
-            if not job.running and current["shown"] != job.folder and results.comparison(job.folder):
+            if not running and current["shown"] != job.folder and results.comparison(job.folder):
                 current["shown"] = job.folder  # the finished comparison opens in Results and the Playground
                 shown = show(str(job.folder), refresh_list=True)
-            return (f"{job.folder}: {job.state()}", rows, image, job.log(), *shown)
+            return (f"{job.folder}: {state}", rows, image, job.log(), *shown)
 
         def stop_job():
             job = current["job"]
