@@ -24,6 +24,7 @@ def warm_interpreter():
     start are forked from, torch and transformers imported: about 5 s less per process, over a hundred processes.
     Until it has imported them, and for a test marked `cold_processes`, processes start as usual.
     TUNELAB_TEST_COLD=1 turns it off."""
+    import shutil
     import subprocess
     import sys
     import tempfile
@@ -42,6 +43,7 @@ def warm_interpreter():
     yield
     server.terminate()
     server.wait(timeout=30)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,6 @@ import json
 import re
 
 import pytest
-
 import yaml
 
 from tunelab.cli import main

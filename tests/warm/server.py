@@ -22,9 +22,6 @@ import threading
 import traceback
 import types
 
-PARENT_PID = "TUNELAB_PARENT_PID"
-
-
 def preload() -> None:
     """What nearly every command imports; a tiny model's own modeling file too, as transformers loads it lazily."""
     import peft  # noqa: F401
@@ -105,7 +102,6 @@ def _run(conn: socket.socket, request: dict, fds: list[int]) -> None:
         os.dup2(fd, target)
         os.close(fd)
     env = request["env"]
-    env.pop(PARENT_PID, None)  # the process that asked dies with its parent, and this child with it (below)
     os.environ.clear()
     os.environ.update(env)
     os.chdir(request["cwd"])

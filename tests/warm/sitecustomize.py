@@ -43,12 +43,9 @@ def _hand_over() -> None:
     import signal
     import socket
 
-    parent = os.environ.get(PARENT_PID, "")
-    if parent.isdigit():  # as tunelab.runs.die_with_parent: this stand-in dies with the parent, the child with it
-        import ctypes
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
-        if os.getppid() != int(parent):
-            os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(PARENT_PID):  # this stand-in dies with its parent (and the child with it); the variable
+        from tunelab.runs import die_with_parent  # goes, so the child does not ask again of the server's pid
+        die_with_parent()
     try:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.connect(path)
