@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from tunelab.ui import jobs, results
 
@@ -41,3 +42,30 @@ def test_progress_reads_each_method_from_its_files(tmp_path):
     (runs / "lora" / "metrics.json").write_text(json.dumps({"epochs_run": 1, "best_epoch": 1, "validation": {}}))
     assert set(results.histories(tmp_path, ["lora", "full"])) == {"lora", "full"}
     assert results.curves_png(tmp_path, ["lora", "full"], "classification", "f1").startswith(b"\x89PNG")
+
+
+def test_a_started_comparison_outlives_the_request_thread_that_started_it():
+    """It dies with the server, and Linux ties that to the thread that started it: the web server ends request
+    threads after 10 s idle, which killed a comparison midway (SIGKILL) before every start went through one thread."""
+    import subprocess
+    import sys
+    import threading
+    started = []
+    code = "from tunelab.runs import die_with_parent; die_with_parent(); print('up', flush=True); " \
+           "import time; time.sleep(30)"
+
+    def handle_request() -> None:
+        started.append(jobs.start([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True))
+        started.append(started[0].stdout.readline())  # it has asked to die with its parent, then the thread ends
+
+    request = threading.Thread(target=handle_request)
+    request.start()
+    request.join()
+    process, line = started
+    try:
+        assert line == "up\n"
+        time.sleep(0.5)
+        assert process.poll() is None, process.returncode
+    finally:
+        process.kill()
+        process.wait()

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,9 +82,20 @@ def resume(folder: Path, methods: list[str]) -> Job:
     with log_path.open("a") as out:
         out.write("$ tunelab " + " ".join(command[3:]) + "\n")
         out.flush()
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=child_environment())  # it dies with the page's server
+        process = start(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     return Job(folder, methods, process, log_path)
+
+
+# The process dies with the page's server (`runs.die_with_parent`), which Linux ties to the *thread* that started
+# it: started from one of the web server's request threads, which are ended after 10 s idle, a comparison was
+# killed midway. One thread that lives as long as the server starts them all.
+_starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunelab-start")
+
+
+def start(command: list[str], **popen: Any) -> subprocess.Popen:
+    """`subprocess.Popen` from the long-lived starting thread, in an environment that makes it die with this
+    process."""
+    return _starter.submit(subprocess.Popen, command, env=child_environment(), **popen).result()
 
 
 def progress(folder: Path, methods: list[str], running: bool) -> list[list[str]]:
