@@ -23,7 +23,10 @@ as a fraction of a GEMM peak measured in this run (`gemm_peak`). Useful FLOPs co
   backward  the forward again (gradients of the inputs, needed whenever anything below is trained: LoRA sits in
             every layer), plus 2 × (trained linear weights) per token (gradients of those weights)
 
-so full fine-tuning counts the classic 6 × weights per token, LoRA about 4 ×. Results also go to a JSON file.
+so full fine-tuning counts the classic 6 × weights per token, LoRA about 4 ×. A BERT-style classifier's head reads
+the first position alone, so there the last layer's products other than keys and values, its attention and the
+head count for that position only (`tunelab.training.first_token`): the work whose result is used, whether or not
+a recipe does more. Results also go to a JSON file.
 
     python bench/speed.py [--cases minilm-lora,minilm-full,smollm2-lora,smollm2-generation] [--repeats 3]
                           [--examples 3000] [--smollm2-examples 200] [--json bench/results/speed.json]
@@ -158,17 +161,36 @@ def _train_trainer(cfg, adapted, batches, learning_rate: float, best: bool) -> f
 def useful_flops(model, lengths: list[int]) -> float:
     """Training FLOPs of one epoch over inputs of these (non-padding) lengths: see the module's docstring."""
     from torch import nn
-    linear = trained = 0
+
+    from tunelab.training.first_token import first_position_layer
+    once = _first_position_modules(model, first_position_layer(model))
+    linear = trained = linear_once = trained_once = 0
     for module in model.modules():
         if isinstance(module, nn.Linear):
-            linear += module.weight.numel()
-            trained += module.weight.numel() if module.weight.requires_grad else 0
+            n, t = module.weight.numel(), module.weight.numel() if module.weight.requires_grad else 0
+            if id(module) in once:
+                linear_once, trained_once = linear_once + n, trained_once + t
+            else:
+                linear, trained = linear + n, trained + t
     config = getattr(model, "config", None) or model.get_base_model().config
     layers, hidden = config.num_hidden_layers, config.hidden_size
     tokens = sum(lengths)
-    attention = sum(4 * layers * hidden * n * n for n in lengths)
-    forward = 2 * linear * tokens + attention
-    return 2 * forward + 2 * trained * tokens
+    attending = (layers - 1) if once else layers  # the last layer's one query attends in 4 × hidden × length
+    attention = sum(4 * hidden * n * (attending * n + layers - attending) for n in lengths)
+    forward = 2 * linear * tokens + 2 * linear_once * len(lengths) + attention
+    return 2 * forward + 2 * trained * tokens + 2 * trained_once * len(lengths)
+
+
+def _first_position_modules(model, last_layer) -> set[int]:
+    """ids of the modules whose result only the first position needs, in a classifier whose head reads that
+    position alone (`tunelab.training.first_token`): the last layer, less its keys and values, and the head."""
+    if last_layer is None:
+        return set()
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    encoder = base.base_model
+    every = {id(m) for part in (encoder.embeddings, encoder.encoder) for m in part.modules()}
+    kept = {id(m) for name in ("key", "value") for m in getattr(last_layer.attention.self, name).modules()}
+    return ({id(m) for m in last_layer.modules()} - kept) | ({id(m) for m in model.modules()} - every)
 
 
 def gemm_peak(dtype_name: str) -> float:

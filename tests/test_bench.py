@@ -43,19 +43,38 @@ def test_speed_bench_runs_every_recipe_and_writes_its_table_and_json(tiny_bert, 
     assert all(r["tokens"] > 0 for r in results)
 
 
-def test_useful_flops_count_six_times_the_weights_for_full_training_and_four_for_frozen(tiny_bert):
+def test_useful_flops_count_six_times_the_weights_for_full_training_and_four_for_frozen(tiny_llama):
     import torch
 
     sys.path.insert(0, str(BENCH.parent))
     from speed import useful_flops
     from transformers import AutoModelForSequenceClassification
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_llama, num_labels=2)  # every position counts
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     attention = 4 * model.config.num_hidden_layers * model.config.hidden_size * 10 * 10
     assert useful_flops(model, [10]) == 6 * linear * 10 + 2 * attention
     for p in model.parameters():
         p.requires_grad_(False)
     assert useful_flops(model, [10]) == 4 * linear * 10 + 2 * attention
+
+
+def test_useful_flops_of_a_bert_classifier_count_the_last_layer_for_the_first_position(tiny_bert):
+    """Its head reads position 0 only: the last layer's products but keys and values, and the head, count once
+    per example, and the last layer's attention for one query."""
+    import torch
+
+    sys.path.insert(0, str(BENCH.parent))
+    from speed import useful_flops
+    from transformers import AutoModelForSequenceClassification
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    last, layers, hidden = model.bert.encoder.layer[-1], model.config.num_hidden_layers, model.config.hidden_size
+    once = sum(m.weight.numel() for m in (last.attention.self.query, last.attention.output.dense,
+                                          last.intermediate.dense, last.output.dense, model.bert.pooler.dense,
+                                          model.classifier))
+    every = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)) - once
+    attention = 4 * hidden * ((layers - 1) * 10 * 10 + 10)
+    assert useful_flops(model, [10]) == 6 * every * 10 + 6 * once + 2 * attention
+    assert useful_flops(model, [10, 10]) == 2 * useful_flops(model, [10])
 
 
 def test_prompt_scoring_bench_renders_lm_evals_prompt_string_for_string(tiny_llama, tmp_path):

@@ -21,6 +21,7 @@ from . import distributed, fsdp
 from .batches import Batches
 from .checkpoint import Checkpoint
 from .interrupt import deferred_stop, stop_for
+from .first_token import first_position_only
 from .precision import autocast, frozen_weights_cast, to_device
 from .state import Training, TrainState
 
@@ -46,6 +47,12 @@ def predict_scores(model: nn.Module, batches: Batches, batch_size: int, precisio
     for models whose logits (sequence × vocabulary) are too large to keep.
     """
     model.eval()
+    with first_position_only(model):  # a BERT-style classifier's last layer: only the position its head reads
+        return _predict_scores(model, batches, batch_size, precision, device, keep_outputs)
+
+
+def _predict_scores(model: nn.Module, batches: Batches, batch_size: int, precision: str,
+                    device: torch.device, keep_outputs: bool) -> tuple[np.ndarray | None, float | None]:
     outputs, losses, counts = [], [], []
     # Longest first: each batch holds inputs of like length, so it pads little (the order of the outputs is
     # restored below), and the largest batch comes first, where a memory error would show at once.
@@ -131,8 +138,10 @@ def train(training: Training, batches: Batches, evaluate: Callable[[], dict[str,
         if hooks:
             hooks.recorded(row)
 
-    # Ctrl-C / SIGTERM: finish the step, save there, then stop. Frozen weights cast to bf16 once, not every step.
-    with deferred_stop() as asked, frozen_weights_cast(t.model, t.precision, t.device):
+    # Ctrl-C / SIGTERM: finish the step, save there, then stop. Frozen weights cast to bf16 once, not every step. A
+    # BERT-style classifier's last layer computes only the position its head reads (first_token.py).
+    with (deferred_stop() as asked, frozen_weights_cast(t.model, t.precision, t.device),
+          first_position_only(t.model)):
 
         def stop_if_asked(saved: bool) -> None:
             signum = distributed.largest(asked() or 0)  # stop on every process, or on none
