@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -230,4 +231,10 @@ def test_extractive_qa_under_two_processes_is_the_one_process_run(tiny_qa_config
         p1, p2 = _rows(runs / "one" / name), _rows(runs / "two" / name)
         assert len(p1) == len(p2) > 2
         assert [(r["question"], r["prediction"]) for r in p1] == [(r["question"], r["prediction"]) for r in p2]
-        assert [r["score"] for r in p1] == pytest.approx([r["score"] for r in p2], abs=1e-3)  # rounded to 4 places
+        # A score is a start logit plus an end logit. The span loss (a softmax over positions) does not see a shift
+        # of all logits, so the span head's bias gets gradients of rounding size only, which AdamW scales up to
+        # steps of the learning rate's size: both runs' scores may be offset by one constant (0.0008, then 0.0014
+        # after another batch order, with losses equal to 1e-5). The scores are compared up to that constant.
+        s1, s2 = np.array([r["score"] for r in p1]), np.array([r["score"] for r in p2])
+        assert s1 - s1.mean() == pytest.approx(s2 - s2.mean(), abs=3e-4)  # rounded to 4 places
+        assert abs(s1.mean() - s2.mean()) < 0.01

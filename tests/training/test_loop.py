@@ -117,6 +117,32 @@ def test_group_by_length_batches_similar_lengths_and_keeps_every_example(llama_t
     assert random_padded - real > 3 * (grouped_padded - real)
 
 
+def test_grouped_batches_come_in_random_order_within_their_group_and_a_short_last_batch_stays_last(
+        llama_tokenizer):
+    from tunelab.data import Example
+    from tunelab.tasks.generation import GenerationTask
+    from tunelab.training.batches import Batches
+    # 210 prompts of 1 to 30 words: one group of 50 batches of 4 (200 inputs), then 10 inputs (2 batches and 2 left).
+    lengths = torch.randperm(210, generator=torch.Generator().manual_seed(2)).remainder(30).add(1).tolist()
+    batches = Batches(GenerationTask(), llama_tokenizer, [Example(" ".join(["word"] * n), "yes") for n in lengths],
+                      [], max_length=128)
+    order = batches._order(4, torch.Generator().manual_seed(0), True)
+    assert sorted(order) == list(range(210))
+    size = [len(batches.features[i]["input_ids"]) for i in order]
+    longest = [max(size[j:j + 4]) for j in range(0, 200, 4)]
+    # Each batch holds like lengths, but the group is not swept from its longest batch to its shortest (which would
+    # end every group, and training, on its shortest inputs): the batches' order within the group is random.
+    assert all(max(size[j:j + 4]) - min(size[j:j + 4]) <= 1 for j in range(0, 200, 4))
+    assert longest != sorted(longest, reverse=True)
+    assert abs(sum(longest[:25]) - sum(longest[25:])) < 0.25 * sum(longest) / 2
+    # The last group: its 2 full batches in either order, and the short one (2 inputs) last, so that every batch
+    # before it keeps its bounds.
+    tail = sorted(size[200:], reverse=True)
+    assert sorted(size[200:208], reverse=True) == tail[:8] and sorted(size[208:], reverse=True) == tail[8:]
+    # The same seed, the same order (a resumed run replays it).
+    assert batches._order(4, torch.Generator().manual_seed(0), True) == order
+
+
 def test_speed_estimate_times_grouped_batches_from_across_the_epoch(llama_tokenizer):
     from tunelab.data import Example
     from tunelab.tasks.generation import GenerationTask

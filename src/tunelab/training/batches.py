@@ -32,9 +32,11 @@ class Batches:
         """Batches in order, or shuffled by `generator` (seeded: the same seed gives the same order).
 
         `group_by_length` (with a generator), as Hugging Face Trainer's option of that name: the shuffled order is
-        cut into mega-batches of 50 batches, each sorted longest first, so a batch holds inputs of similar length
-        and pads less; the order stays random from one mega-batch to the next. `skip` leaves out the first batches
-        of that order (a run resumed mid-epoch), without collating them."""
+        cut into mega-batches of 50 batches, each sorted by length, so a batch holds inputs of similar length and
+        pads less. Unlike the Trainer's, the batches of a mega-batch then come in random order, not longest to
+        shortest: a sweep from long to short inputs in every group (and at the end of training, where the learning
+        rate is lowest) is a trend in what the model sees that random batches do not have. `skip` leaves out the
+        first batches of that order (a run resumed mid-epoch), without collating them."""
         order = self._order(batch_size, generator, group_by_length)
         for start in range(skip * batch_size, len(order), batch_size):
             yield self.batch(order[start:start + batch_size])
@@ -72,8 +74,14 @@ class Batches:
             else list(range(len(self)))
         if group_by_length and generator is not None:
             mega = 50 * batch_size
-            order = [i for start in range(0, len(order), mega)
-                     for i in sorted(order[start:start + mega], key=lambda i: -len(self.features[i]["input_ids"]))]
+            grouped = []
+            for start in range(0, len(order), mega):
+                by_length = sorted(order[start:start + mega], key=lambda i: -len(self.features[i]["input_ids"]))
+                cut = [by_length[j:j + batch_size] for j in range(0, len(by_length), batch_size)]
+                full = len(by_length) // batch_size  # a short last batch stays last: later ones keep their bounds
+                cut[:full] = [cut[k] for k in torch.randperm(full, generator=generator).tolist()]
+                grouped += [i for rows in cut for i in rows]
+            order = grouped
         return order
 
     def batch(self, idx: list[int]) -> dict[str, torch.Tensor]:
@@ -89,19 +97,23 @@ class Batches:
 def timing_batches(batches: Batches, batch_size: int, generator: torch.Generator, n: int,
                    group_by_length: bool = False) -> list[dict[str, torch.Tensor]]:
     """`n` batches to time training steps on (`tunelab estimate`): the longest batch first (the activation peak,
-    untimed as warm-up), then batches as training sees them.
+    untimed as warm-up), then batches as training draws them.
 
     Shuffled, not sorted: a random batch is padded to its longest text, and that padding is part of the real cost
-    per step. With `group_by_length`, batches spread evenly over the epoch: its first ones are the longest of their
-    group."""
+    per step. With `group_by_length` each batch holds like lengths, and the first ones drawn are a few of one
+    group: the timed ones are spread evenly over the widths of the epoch's batches instead."""
     longest = sorted(range(len(batches)), key=lambda i: -len(batches.features[i]["input_ids"]))
-    out = [batches.batch(longest[:batch_size])]
-    stride = max(1, batches.n_batches(batch_size) // max(1, n - 1)) if group_by_length else 1
-    while len(out) < n:
-        for j, batch in enumerate(batches.iterate(batch_size, generator, group_by_length)):
-            if j % stride:
-                continue
-            out.append(batch)
-            if len(out) == n:
-                break
-    return out
+
+    def width(rows: list[int]) -> int:
+        return max(len(batches.features[i]["input_ids"]) for i in rows)
+
+    picked: list[list[int]] = []
+    while len(picked) < n - 1:  # another epoch's order where one holds fewer batches than asked for
+        order = batches._order(batch_size, generator, group_by_length)
+        rows = [order[j:j + batch_size] for j in range(0, len(order), batch_size)]
+        want = min(len(rows), n - 1 - len(picked))
+        if group_by_length:
+            rows.sort(key=width)
+            rows = [rows[int((k + 0.5) * len(rows) / want)] for k in range(want)]
+        picked += rows[:want]
+    return [batches.batch(longest[:batch_size])] + [batches.batch(rows) for rows in picked]
