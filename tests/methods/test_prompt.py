@@ -71,3 +71,25 @@ def test_negative_shots_are_a_config_error(tiny_config):
     cfg["method"]["shots"] = [0, -1]
     with pytest.raises(ConfigError, match="method.shots"):
         load_config(cfg)
+
+
+def test_encoder_embeds_in_batches_of_like_length_and_returns_the_given_order(tiny_bert):
+    import numpy as np
+    import torch
+    from transformers import AutoModel
+
+    from tunelab import models
+    tokenizer = models.load_tokenizer(str(tiny_bert))
+    model = AutoModel.from_pretrained(tiny_bert)
+    texts = [" ".join(["word"] * n) for n in (9, 1, 6, 2, 8, 3, 7, 4)] + ["word"]  # a repeat: embedded once
+    widths = []
+    model.register_forward_hook(lambda module, args, kwargs, out: widths.append(kwargs["input_ids"].shape),
+                                with_kwargs=True)
+    scorer = encoder.EmbeddingScorer(model, tokenizer, max_length=16, batch_size=3)
+    got = scorer.embed(texts)
+    assert [w[0] for w in widths] == [3, 3, 2]  # 8 distinct texts in batches of 3
+    assert [w[1] for w in widths] == sorted(w[1] for w in widths) and widths[0][1] < widths[-1][1]
+    with torch.no_grad():  # each text alone, unpadded: the same mean-pooled, normalised embedding
+        alone = [model(**tokenizer(t, return_tensors="pt")).last_hidden_state.mean(1)[0] for t in texts]
+    alone = np.stack([torch.nn.functional.normalize(a, dim=-1).numpy() for a in alone])
+    np.testing.assert_allclose(got, alone, atol=1e-5)

@@ -42,15 +42,20 @@ class EmbeddingScorer:
     @torch.no_grad()
     def embed(self, texts: list[str]) -> np.ndarray:
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        for start in range(0, len(missing), self.batch_size):
-            chunk = missing[start:start + self.batch_size]
-            enc = self.tokenizer(chunk, truncation=True, max_length=self.max_length, padding=True,
-                                 return_tensors="pt").to(self.model.device)
-            hidden = self.model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # mean pooling, as the encoder was trained
-            pooled = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
-            self._cache.update(zip(chunk, pooled))
+        if missing:
+            # Batches of texts of about one length pad little: the search embeds each template's inputs, and
+            # in the order given, a batch was padded to its longest review, a third of the tokens or more.
+            ids = self.tokenizer(missing, truncation=True, max_length=self.max_length)["input_ids"]
+            order = sorted(range(len(missing)), key=lambda i: len(ids[i]))
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start:start + self.batch_size]
+                enc = self.tokenizer.pad({"input_ids": [ids[i] for i in chunk]},
+                                         return_tensors="pt").to(self.model.device)
+                hidden = self.model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # mean pooling, as the encoder was trained
+                pooled = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
+                self._cache.update(zip((missing[i] for i in chunk), pooled))
         return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 1))
 
     # -- what the shared method asks of a back-end ---------------------------------------------
