@@ -177,3 +177,27 @@ def test_a_full_disk_while_writing_the_run_folder_is_one_line_and_leaves_no_part
     left = sorted(p.name for p in (tmp_path / "runs").iterdir())
     # The epochs' checkpoints are kept (the newest and the one before); no run, partial folder or lock.
     assert left == [".nospace.checkpoint", ".nospace.checkpoint.1"]
+
+
+@pytest.mark.cold_processes  # the command's own exit, not the warm interpreter's
+@pytest.mark.parametrize("argv, status", [(["methods"], 0), (["train", "missing.yaml"], 2)])
+def test_the_command_exits_with_its_status_after_threads_and_atexit_handlers(argv, status, tmp_path):
+    """`tunelab` skips the interpreter's teardown (`cli.run`), not what an exit must still do: a non-daemon thread
+    finishes, atexit handlers run, buffered output is written, the status is the command's."""
+    import subprocess
+    import sys
+    script = ("import atexit, sys, threading, time\n"
+              "from tunelab import cli\n"
+              "atexit.register(lambda: print('atexit ran', flush=True))\n"
+              "threading.Thread(target=lambda: (time.sleep(0.5), print('thread ended'))).start()\n"
+              "sys.stdout.write('buffered, no newline')\n"
+              f"sys.argv = ['tunelab', *{argv!r}]\n"
+              "cli.run()\n"
+              "print('not reached')\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == status, done.stderr
+    assert "thread ended" in done.stdout and "atexit ran" in done.stdout and "buffered, no newline" in done.stdout
+    assert done.stdout.index("thread ended") < done.stdout.index("atexit ran")
+    assert "not reached" not in done.stdout
+    if status == 2:
+        assert done.stderr.startswith("error: config file") and "Traceback" not in done.stderr
