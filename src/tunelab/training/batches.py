@@ -1,5 +1,6 @@
-"""Tokenised examples → padded tensor batches. Each batch is padded to its own longest input,
-which on short texts saves most of the compute that padding to `max_length` would waste.
+"""Tokenised examples → padded tensor batches. Each batch is padded to its own longest input (classification and
+regression round that up to a multiple of 8: `tasks/base.PAD_TO_MULTIPLE_OF`), which on short texts saves most of
+the compute that padding to `max_length` would waste.
 
 A batch holds features, not examples: a task may turn one example into several (the windows of a
 long context in extractive QA); the task reads its outputs back into one prediction per example."""
