@@ -35,7 +35,9 @@ demo: setup
 # Three pytest workers (pytest-xdist) on the two cores, each computing on one thread (tests/conftest.py): many tests
 # wait on the processes, servers and browsers they start, and a third worker fills those waits. Work stealing hands
 # a free worker the tests still queued on a busy one, so the longest tests do not end the run alone. Measured in one
-# sitting on 2 cores: 685 s with two workers and `--dist load`, 565 s with these flags.
+# sitting on 2 cores: 685 s with two workers and `--dist load`, 565 s with these flags. The long tests are dealt out
+# among the workers before they start (tests/conftest.py): 512 and 520 s with them all on one worker's share, 460 s
+# dealt out (2026-12-06, a machine without fast bf16).
 test: setup
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -n 3 --dist worksteal

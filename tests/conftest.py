@@ -238,8 +238,40 @@ def causal_lm(tiny_llama):
     return model.eval()
 
 
-def pytest_collection_modifyitems(items):
-    """The long tests first (stable otherwise). `make test`'s workers (`-n 3 --dist worksteal`) each get a third of
-    this queue, and one that runs out takes half of what a busy one has left: the long tests start at once, and
-    the short ones fill in around them, instead of a long test starting last and ending the run alone."""
-    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+def pytest_collection_modifyitems(config, items):
+    """The long tests first, shared out so that each of `make test`'s workers begins with its share of them.
+
+    `-n 3 --dist worksteal` hands each worker a contiguous third of this queue, and a worker that runs out takes
+    half of what is still queued on a busy one, from the back. With all long tests at the head of the queue they
+    fell to the first worker: it ran the two kill tests (260 s together) last and alone, 120 s after the others had
+    finished. So the long tests are dealt out here, longest first, each to the worker with the least long work so
+    far (their `long(seconds=...)`, measured in `make test`), and each worker's third begins with its own.
+    Tests that share a module-scoped fixture go to one worker together, so that it is built once.
+    """
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+
+    def seconds(item) -> float:
+        marker = item.get_closest_marker("long")
+        return float(marker.kwargs.get("seconds", 20)) if marker else 0.0
+
+    def unit(item) -> str:
+        shared = any(d.scope == "module" for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs)
+        return item.module.__name__ if shared else item.nodeid
+
+    units: dict[str, list] = {}
+    for item in items:
+        if seconds(item):
+            units.setdefault(unit(item), []).append(item)
+    shares: list[list] = [[] for _ in range(workers)]
+    load = [0.0] * workers
+    for tests in sorted(units.values(), key=lambda ts: -sum(map(seconds, ts))):
+        least = load.index(min(load))
+        shares[least] += sorted(tests, key=lambda t: -seconds(t))
+        load[least] += sum(map(seconds, tests))
+    short = iter([item for item in items if not seconds(item)])
+    queue, left = [], len(items)
+    for i, share in enumerate(shares):  # worksteal's first deal: of what is left, an equal part for each worker
+        size = left // (workers - i)
+        queue += share + [item for _, item in zip(range(size - len(share)), short)]
+        left -= size
+    items[:] = queue + list(short)

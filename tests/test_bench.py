@@ -11,7 +11,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "speed.py"
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=30)
 def test_speed_bench_runs_every_recipe_and_writes_its_table_and_json(tiny_bert, tiny_csv, tiny_llama,
                                                                      tiny_generation_jsonl, tmp_path):
     out = tmp_path / "speed.json"
@@ -106,7 +106,7 @@ def test_prompt_scoring_bench_renders_lm_evals_prompt_string_for_string(tiny_lla
         assert r["flops"] > 2 * body_weights(tiny_llama) * r["tokens"] and r["gemm_peak"] > 0
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=3)
 def test_scaling_bench_writes_ms_per_example_and_memory_for_each_size(tiny_bert, tmp_path):
     out = tmp_path / "scaling.json"
     done = subprocess.run([sys.executable, str(BENCH.parent / "scaling.py"), "--sizes", "48,96", "--repeats", "1",

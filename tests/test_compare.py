@@ -80,7 +80,7 @@ def test_package_functions_survive_submodule_imports():
         assert callable(getattr(tunelab, name)) and not isinstance(getattr(tunelab, name), type(tunelab)), name
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=8)
 def test_compare_generation_shows_generation_metrics(tiny_generation_config, tmp_path):
     """All four families on a generation task: the table shows chrF, BLEU, F1 and perplexity, the report builds."""
     from tunelab.comparison import table_rows
@@ -155,7 +155,7 @@ def test_an_interrupted_comparison_stops_the_method_and_leaves_no_temporary_conf
     assert Training.terminated and not list(runs.glob(".*.yaml")), list(runs.iterdir())
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=4)
 def test_a_comparison_resumes_a_method_interrupted_in_an_earlier_one(tiny_config, tmp_path, monkeypatch):
     """The first comparison was killed while LoRA trained: running it again goes on from LoRA's checkpoint."""
     import torch
@@ -188,7 +188,7 @@ def test_a_comparison_resumes_a_method_interrupted_in_an_earlier_one(tiny_config
     assert not (folder / "runs" / ".lora.checkpoint").exists()
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=18)
 def test_compare_with_seeds_and_a_search_reports_means_spreads_intervals_and_trials(tiny_config, tmp_path):
     """`--seeds 2 --tune 2`: each trained method is searched, then its best setting runs on two seeds; the prompt
     runs once. Figures carry their spread and bootstrap intervals; the seed-0 run reproduces the best trial."""
@@ -270,7 +270,7 @@ def test_the_configs_output_governs_where_a_comparison_goes(tiny_config, tmp_pat
     assert comparisons_folder(load_config(cfg), {}) == str(tmp_path / "mine")
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=8)
 def test_parallel_methods_train_at_once_and_give_the_sequential_table(tiny_config, tmp_path):
     import os
     from pathlib import Path

@@ -23,7 +23,7 @@ def _config(method: str, tmp_path, epochs: int = 1, **method_options) -> dict:
             "train": {"epochs": epochs, "batch_size": 16}, "output": str(tmp_path)}
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=54)
 def test_lora_on_rotten_tomatoes_beats_the_majority_class(tmp_path):
     metrics = train(_config("lora", tmp_path, epochs=2), log=lambda _: None)
     assert metrics["test"]["accuracy"] > 0.65  # majority class: 0.58
@@ -32,7 +32,7 @@ def test_lora_on_rotten_tomatoes_beats_the_majority_class(tmp_path):
     assert metrics["trained_head_modules"] == ["bert.pooler", "classifier"]
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=25)
 def test_prompt_search_on_rotten_tomatoes(tmp_path):
     metrics = train(_config("prompt", tmp_path, shots=[0, 16], verbalizers={"positive": ["good"],
                                                                               "negative": ["bad"]}),
@@ -59,7 +59,7 @@ def test_smollm2_alias_is_converted_once_and_generates(tmp_path, monkeypatch):
     assert "Paris" in tokenizer.decode(out[0, ids.shape[1]:])
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=91)
 def test_smollm2_prompt_search_scores_rotten_tomatoes_labels(tmp_path):
     """The decoder's label scoring on real reviews: well above the majority class (0.58) on 120 held-out ones."""
     metrics = train({"task": "classification", "model": "smollm2-135m",

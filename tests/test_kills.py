@@ -71,7 +71,7 @@ def _history(run: Path) -> list[dict]:
             for line in (run / "history.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=155)
 def test_sigkill_at_ten_random_moments_then_resume_ends_as_the_uninterrupted_run(tiny_config, tmp_path):
     cfg = tiny_config("full")
     cfg["train"].update(epochs=3, checkpoint_every=2, log_every=2)
@@ -153,7 +153,7 @@ def _lock_holders(folder: Path) -> list[int]:
     return [p for p in pids if _alive(p)]
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=103)
 def test_compare_killed_mid_method_resumes_to_the_uninterrupted_comparison(tiny_config, tmp_path):
     cfg = tiny_config("full")
     cfg["train"].update(epochs=2, checkpoint_every=2, log_every=2)

@@ -260,7 +260,7 @@ def test_report_opens_in_chromium(classification, tmp_path):
     assert int.from_bytes(data[16:20], "big") == 1400  # IHDR width: the whole window was drawn
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=4)
 def test_regression_report(tiny_regression_csv, tiny_bert, tmp_path):
     result = compare(_config(tiny_regression_csv, tiny_bert, "regression", 1), methods=["lora", "full"],
                      output=tmp_path, name="scores", log=lambda _: None)

@@ -72,7 +72,7 @@ def test_a_stale_lock_of_a_dead_process_here_is_taken_over_but_not_another_machi
         pass
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=52)
 @pytest.mark.cold_processes  # the lock names the pid of the process the test started
 def test_two_train_processes_on_one_run_name(tiny_config, tmp_path):
     """The second `tunelab train` is refused at once (exit 2, naming the first); once the first is killed with

@@ -123,7 +123,7 @@ def test_both_trackers_hold_what_the_run_folder_holds_through_a_resume(tiny_conf
     assert not (artefacts / "tensorboard").exists()  # MLflow has those curves itself
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=17)
 def test_a_comparison_groups_its_methods(tiny_config, tmp_path):
     """Two methods training at once (`--parallel 2`), both logging to the comparison's one SQLite store."""
     cfg = tiny_config("lora", train__report_to=BOTH, train__epochs=1)

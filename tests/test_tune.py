@@ -69,6 +69,7 @@ def test_a_trial_below_the_others_is_pruned_within_its_first_epoch(tiny_config, 
     assert last["params"] == {"learning_rate": BAD} and last["state"] == "PRUNED" and last["epochs"] in (0.33, 1, 3)
 
 
+@pytest.mark.long(seconds=28)
 @pytest.mark.cold_processes  # the SIGKILL must end the search itself, at once
 def test_a_killed_search_resumes_and_runs_the_interrupted_trial_again(tiny_config, tmp_path):
     cfg = tiny_config("full", train__epochs=10,

@@ -124,7 +124,7 @@ def _check_shared(storage: str, reference, tmp_path: Path, config: Path) -> None
     print(f"{storage.split(':')[0]}: {TRIALS} trials by 2 workers in {seconds:.1f} s")
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=61)
 def test_two_workers_share_one_study_on_postgresql_and_on_sqlite(tiny_config, tmp_path, postgres):
     config = _config(tiny_config, tmp_path)
     single = f"sqlite:///{tmp_path / 'single.db'}"

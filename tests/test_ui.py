@@ -170,7 +170,7 @@ def _download(page) -> str:
     return Path(download.value.path()).read_text()
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=37)
 def test_compare_two_methods_in_the_browser(page, server, tiny_bert, tmp_path):
     url, output, _ = server
     started = time.time()
@@ -263,7 +263,7 @@ def test_compare_two_methods_in_the_browser(page, server, tiny_bert, tmp_path):
     print(f"browser comparison: {time.time() - started:.1f} s")
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=28)
 def test_stop_keeps_a_checkpoint_and_resume_goes_on_from_it(page, server, tiny_bert, tmp_path):
     """A LoRA run too long to finish here (500 epochs): watched while it trains (curves drawn from its live
     history.jsonl), stopped (checkpoint kept, no run folder), resumed from that checkpoint, stopped again."""
@@ -302,7 +302,7 @@ def test_stop_keeps_a_checkpoint_and_resume_goes_on_from_it(page, server, tiny_b
     assert _checkpoint_step(runs / ".lora.checkpoint") > first
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=13)
 def test_bad_uploads_show_the_cli_line_and_the_server_goes_on(page, server, tmp_path):
     url, output, _ = server
     one_column = _write(tmp_path / "one_column.csv", ["review"], [[t] for t, _ in tiny_sentences(20)])

@@ -46,7 +46,7 @@ def _close(m1: dict, m2: dict, h1: list[dict], h2: list[dict]) -> None:
                 assert r1[key] == pytest.approx(r2[key], abs=1e-5), (r1, r2)
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=46)
 def test_fsdp_full_fine_tuning_trains_as_one_process_saves_the_whole_model_and_resumes_exactly(tiny_config, tmp_path):
     # 73 training examples: batches of 8 end on a batch of 1 (process 1: a stand-in); 24 validation features in
     # batches of 23 end on one of 1. The lowest layer and the embeddings frozen (freeze_layers), checkpoints every 4
