@@ -29,7 +29,7 @@ from ..training.checkpoint import Checkpoint
 from ..training.loop import Hooks, train
 from ..training.state import Training, TrainState
 from ..training.memory import enable_gradient_checkpointing
-from ..training.precision import device, resolve
+from ..training.precision import device, pad_multiple, resolve
 
 TIMED_STEPS, WARMUP_STEPS = 24, 2  # `estimate`: training steps timed, after untimed ones that warm the caches
 
@@ -189,7 +189,8 @@ class TrainedMethod(Method):
         log(f"{cfg.method.name}: training {p['trainable']:,} of {p['total']:,} weights "
             f"({100 * p['trainable'] / p['total']:.2f}%) on {len(splits.train)} examples, {self.precision} on "
             f"{device().type}")
-        batches = Batches(task, self.run.tokenizer, splits.train, splits.labels, cfg.data.max_length)
+        batches = Batches(task, self.run.tokenizer, splits.train, splits.labels, cfg.data.max_length,
+                          multiple=pad_multiple(self.precision))
 
         def evaluate() -> dict[str, Any]:
             outputs, loss = self.outputs(splits.validation, with_loss=True)
@@ -222,7 +223,8 @@ class TrainedMethod(Method):
         memory includes the largest activations."""
         cfg = self.run.cfg
         start = time.perf_counter()
-        batches = Batches(self.run.task, self.run.tokenizer, splits.train, splits.labels, cfg.data.max_length)
+        batches = Batches(self.run.task, self.run.tokenizer, splits.train, splits.labels, cfg.data.max_length,
+                          multiple=pad_multiple(self.precision))
         tokenise_seconds = time.perf_counter() - start
         # Forward/backward passes of batch_size examples, each timed with its update: with gradient accumulation
         # a step is that many passes and one update, so passes × time per pass still gives the epoch's time.

@@ -19,6 +19,7 @@ from ..data import Example
 from ..errors import DataError
 from ..training.batches import Batches
 from ..training.loop import predict_scores
+from ..training.precision import pad_multiple
 
 ENCODE_CHUNK = 1000  # texts the tokenizer holds at once (`Task.encode`)
 
@@ -27,13 +28,6 @@ def gold_in(rows: list[dict], key: str) -> bool:
     """Whether every row holds its gold answer under `key` (rows of unlabelled data do not), and there are rows."""
     return bool(rows) and all(key in row for row in rows)
 
-
-# Batch widths are rounded up to a multiple of 8. Each new width is a new set of matrix-product shapes, and oneDNN
-# (PyTorch's CPU kernels) builds and caches a primitive per shape: with length-grouped batches, which take every
-# width from the shortest input to the longest, the cache held about 400 MB of a MiniLM LoRA run's 1.6 GB peak
-# (ONEDNN_PRIMITIVE_CACHE_CAPACITY=0 removed it, at 1.5x the time). Eight times fewer widths: a peak of 982 MB
-# against 1,618, in the same time (one epoch on the demo's data). The added positions are padding, masked out.
-PAD_TO_MULTIPLE_OF = 8
 
 
 class Task:
@@ -161,11 +155,12 @@ class Task:
             features += [{k: np.asarray(enc[k][i], dtype=np.int32) for k in keys} for i in range(len(chunk))]
         return features
 
-    def collate(self, tokenizer, features: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    def collate(self, tokenizer, features: list[dict[str, np.ndarray]], multiple: int = 1) -> dict[str, torch.Tensor]:
         """Encoded examples → one batch of tensors, padded as `tokenizer.pad` pads (its side, its pad ids), to a
-        width that is a multiple of `PAD_TO_MULTIPLE_OF` (`DataCollatorWithPadding(pad_to_multiple_of=8)`)."""
+        width that is a multiple of `multiple` (`DataCollatorWithPadding(pad_to_multiple_of=...)`; the precision
+        decides it: `training.precision.pad_multiple`), never past the model's longest input."""
         width = max(len(f["input_ids"]) for f in features)
-        width = min(-(-width // PAD_TO_MULTIPLE_OF) * PAD_TO_MULTIPLE_OF, max(width, tokenizer.model_max_length))
+        width = min(-(-width // multiple) * multiple, max(width, tokenizer.model_max_length))
         pads = {"input_ids": tokenizer.pad_token_id or 0, "token_type_ids": tokenizer.pad_token_type_id}
         left = tokenizer.padding_side == "left"
         batch = {}
@@ -180,7 +175,8 @@ class Task:
     def outputs(self, model: nn.Module, tokenizer, examples: list[Example], labels: list[str], *, max_length: int,
                 batch_size: int, precision: str, device: torch.device, with_loss: bool) -> tuple[Any, float | None]:
         """What the model produces for `examples` (here: a score array) and the mean loss where asked."""
-        batches = Batches(self, tokenizer, examples, labels, max_length, with_targets=with_loss)
+        batches = Batches(self, tokenizer, examples, labels, max_length, with_targets=with_loss,
+                          multiple=pad_multiple(precision))
         return predict_scores(model, batches, batch_size, precision, device)
 
     def prediction_rows(self, examples: list[Example], outputs: Any, labels: list[str]) -> Iterator[dict[str, Any]]:

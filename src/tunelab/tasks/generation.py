@@ -198,8 +198,9 @@ class GenerationTask(Task):
             out.append({"input_ids": ids, "labels": labels})
         return out
 
-    def collate(self, tokenizer, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        """Right-padded batch for the loss; padding is masked out of attention and labelled -100."""
+    def collate(self, tokenizer, features: list[dict[str, list[int]]], multiple: int = 1) -> dict[str, torch.Tensor]:
+        """Right-padded batch for the loss; padding is masked out of attention and labelled -100. Widths stay exact
+        whatever `multiple` (rounding was not measured on this task)."""
         width = max(len(f["input_ids"]) for f in features)
         pad = tokenizer.pad_token_id
         batch = {

@@ -1,5 +1,5 @@
 """Tokenised examples → padded tensor batches. Each batch is padded to its own longest input (classification and
-regression round that up to a multiple of 8: `tasks/base.PAD_TO_MULTIPLE_OF`), which on short texts saves most of
+regression round that up to a multiple of 8 in bf16: `precision.pad_multiple`), which on short texts saves most of
 the compute that padding to `max_length` would waste.
 
 A batch holds features, not examples: a task may turn one example into several (the windows of a
@@ -17,9 +17,10 @@ from .fsdp import Filler
 
 class Batches:
     def __init__(self, task, tokenizer, examples: list[Example], labels: list[str], max_length: int,
-                 with_targets: bool = True):
+                 with_targets: bool = True, multiple: int = 1):
         self.task = task
         self.tokenizer = tokenizer
+        self.multiple = multiple  # batch widths rounded up to a multiple of this (where the task pads so)
         self.features = task.encode(tokenizer, examples, max_length)
         # Features may outnumber examples (windows of a long context): each one's example, for its target.
         self.example_of = [f.get("example", i) for i, f in enumerate(self.features)]
@@ -86,7 +87,7 @@ class Batches:
         return order
 
     def batch(self, idx: list[int]) -> dict[str, torch.Tensor]:
-        batch = self.task.collate(self.tokenizer, [self.features[i] for i in idx])
+        batch = self.task.collate(self.tokenizer, [self.features[i] for i in idx], self.multiple)
         if self.targets is not None:
             batch["labels"] = self.targets[[self.example_of[i] for i in idx]]
         return batch
