@@ -96,9 +96,11 @@ def pad_multiple(precision: str) -> int:
     LoRA run's 1.6 GB peak; with eight times fewer widths the peak was 982 MB against 1,618, in the same time (one
     epoch on the demo's data). On a GPU, bf16 tensor cores want multiples of 8 (as `DataCollatorWithPadding(
     pad_to_multiple_of=8)` is used for mixed precision).
-    fp32: 1, exact widths. On a CPU without fast bf16, fp32 products run in MKL, and the padded positions were
-    only work: MiniLM LoRA trained at 128 and 102 examples/s unpadded against 105 and 81 padded (two alternating
-    pairs, `bench/speed.py --child`), with 50-85 MiB more peak memory."""
+    fp32: 1, exact widths. On a CPU without fast bf16, fp32 products run in MKL, whose per-shape cost is small, and
+    the padded positions are only work. Alternating pairs, unpadded against padded (`bench/speed.py --child`, fp32,
+    seed 0, examples/s): MiniLM LoRA 128/105, 102/81, 96/103, 119/106, 109/113 (geometric mean x1.09); full
+    fine-tuning 87/73, 82/82 (x1.09); SmolLM2 LoRA 12.3/11.4, 11.9/12.3 (x1.02). A small gain within this
+    machine's noise of +-10%, and peak memory equal within 20 MiB, so nothing is padded that need not be."""
     return 8 if precision == "bf16" else 1
 
 
