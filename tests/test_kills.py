@@ -22,10 +22,10 @@ import yaml
 from safetensors.torch import load_file
 
 # One thread and deterministic kernels: the same steps give the same bits in every process.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+def _env() -> dict[str, str]:
+    # Read when a test runs, not at import: the warm interpreter's variables (tests/conftest.py) are set by then.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 KILLS = 10
-# Processes that start as usual: kills land while one loads its modules too, and a lock names the pid started.
-pytestmark = pytest.mark.cold_processes
 
 
 SLOW_CHILD = """
@@ -71,14 +71,17 @@ def _history(run: Path) -> list[dict]:
             for line in (run / "history.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.long(seconds=155)
+# Warm processes (tests/warm): the process killed is the stand-in, and the forked `tunelab train` it stands for
+# kills itself on the stand-in's death, within milliseconds. `communicate()` below returns only once the pipes are
+# closed, which that child holds too: it is gone before the next resume starts, so the resume meets no live lock.
+@pytest.mark.long(seconds=51)
 def test_sigkill_at_ten_random_moments_then_resume_ends_as_the_uninterrupted_run(tiny_config, tmp_path):
     cfg = tiny_config("full")
     cfg["train"].update(epochs=3, checkpoint_every=2, log_every=2)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
     runs = Path(cfg["output"])
-    straight = subprocess.run(_command(config, "name=straight"), env=ENV, capture_output=True, text=True,
+    straight = subprocess.run(_command(config, "name=straight"), env=_env(), capture_output=True, text=True,
                               timeout=300)
     assert straight.returncode == 0, straight.stderr
 
@@ -88,7 +91,7 @@ def test_sigkill_at_ten_random_moments_then_resume_ends_as_the_uninterrupted_run
     while len(landed) < KILLS:
         newest = _newest_complete_step(runs, "killed")
         command = _command(config, "name=killed", *(["--resume"] if newest is not None else []), slow=True)
-        process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         first = process.stdout.readline()  # "run …": the config and data are read, the model loads next
         assert first.startswith("run "), (first, process.stderr.read())
         partial_before = _mark(runs / ".killed.checkpoint.partial")
@@ -106,7 +109,7 @@ def test_sigkill_at_ten_random_moments_then_resume_ends_as_the_uninterrupted_run
         landed.append("in a checkpoint write" if partial is not None and partial != partial_before
                       else "elsewhere (a step, an evaluation, loading)")
 
-    final = subprocess.run(_command(config, "name=killed", "--resume"), env=ENV, capture_output=True, text=True,
+    final = subprocess.run(_command(config, "name=killed", "--resume"), env=_env(), capture_output=True, text=True,
                            timeout=300)
     assert final.returncode == 0, final.stderr
     assert landed.count("in a checkpoint write") >= 2 and len(set(landed)) == 2, landed
@@ -153,7 +156,9 @@ def _lock_holders(folder: Path) -> list[int]:
     return [p for p in pids if _alive(p)]
 
 
-@pytest.mark.long(seconds=103)
+# The comparisons killed start cold whatever the test's marks: their PYTHONPATH (the slowing sitecustomize) is not
+# the warm interpreter's, and their methods inherit it. So the lock holders checked are the processes that train.
+@pytest.mark.long(seconds=80)
 def test_compare_killed_mid_method_resumes_to_the_uninterrupted_comparison(tiny_config, tmp_path):
     cfg = tiny_config("full")
     cfg["train"].update(epochs=2, checkpoint_every=2, log_every=2)
@@ -163,11 +168,11 @@ def test_compare_killed_mid_method_resumes_to_the_uninterrupted_comparison(tiny_
     site.mkdir()
     (site / "sitecustomize.py").write_text(SLOW_SITE)
     output = tmp_path / "cmp"
-    straight = _compare(config, output, "straight", ENV)
+    straight = _compare(config, output, "straight", _env())
     out, _ = straight.communicate(timeout=300)
     assert straight.returncode == 0, out
 
-    env = {**ENV, "SLOW_TUNELAB": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(site),
+    env = {**_env(), "SLOW_TUNELAB": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(site),
                                                                                     os.environ.get("PYTHONPATH")]))}
     rng = random.Random(1)
     landed, resumes = [], 0
@@ -192,7 +197,7 @@ def test_compare_killed_mid_method_resumes_to_the_uninterrupted_comparison(tiny_
             time.sleep(0.1)
         assert not _lock_holders(output / "killed"), "a killed comparison's method kept running"
 
-    final = _compare(config, output, "killed", ENV)
+    final = _compare(config, output, "killed", _env())
     out, _ = final.communicate(timeout=300)
     assert final.returncode == 0, out
     resumes += out.count("resuming from its checkpoint")
@@ -223,11 +228,12 @@ child.wait()
 """
 
 
+@pytest.mark.cold_processes  # the child's pid, as printed, must be the process that dies
 def test_a_process_a_comparison_starts_dies_with_it_even_on_sigkill():
     """Without this, a method whose comparison was killed trains on until its next line of output fails, holding
     its run's lock: minutes on a real model, and the resumed comparison would find the run locked."""
     from tunelab.runs import _alive
-    parent = subprocess.Popen([sys.executable, "-c", PARENT], env=ENV, stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], env=_env(), stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
     assert _alive(child)
     parent.send_signal(signal.SIGKILL)

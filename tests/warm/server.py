@@ -108,6 +108,9 @@ def _run(conn: socket.socket, request: dict, fds: list[int]) -> None:
     _streams(unbuffered=request["unbuffered"] or bool(env.get("PYTHONUNBUFFERED")))
     if "numpy" in sys.modules:  # numpy's global generator would otherwise be the same in every child
         sys.modules["numpy"].random.seed()
+    threads = env.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:  # torch read it when the server imported it: the command's own count,
+        sys.modules["torch"].set_num_threads(int(threads))  # as a cold start reads it (same threads, same bits)
 
     def die_with_the_asker() -> None:
         while True:
