@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from test_ddp import CRASHING, ENV, _files, _rows, _torchrun, _weights
+from test_ddp import CRASHING, _env, _files, _rows, _torchrun, _weights
 
 from tunelab.api import train
 from tunelab.errors import ConfigError
@@ -32,7 +32,7 @@ LAUNCH_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "distributed" 
 def _accelerate(config: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
                            str(LAUNCH_CONFIG), "-m", "tunelab.cli", "train", str(config), *args],
-                          env=ENV, capture_output=True, text=True, timeout=240)
+                          env=_env(), capture_output=True, text=True, timeout=240)
 
 
 def _close(m1: dict, m2: dict, h1: list[dict], h2: list[dict]) -> None:
@@ -46,7 +46,7 @@ def _close(m1: dict, m2: dict, h1: list[dict], h2: list[dict]) -> None:
                 assert r1[key] == pytest.approx(r2[key], abs=1e-5), (r1, r2)
 
 
-@pytest.mark.long(seconds=46)
+@pytest.mark.long(seconds=23)
 def test_fsdp_full_fine_tuning_trains_as_one_process_saves_the_whole_model_and_resumes_exactly(tiny_config, tmp_path):
     # 73 training examples: batches of 8 end on a batch of 1 (process 1: a stand-in); 24 validation features in
     # batches of 23 end on one of 1. The lowest layer and the embeddings frozen (freeze_layers), checkpoints every 4
