@@ -28,11 +28,12 @@ def warm_interpreter():
     import subprocess
     import sys
     import tempfile
-    if os.environ.get("TUNELAB_TEST_COLD"):
+    pythonpath = os.pathsep.join(filter(None, [str(WARM), os.environ.get("PYTHONPATH")]))
+    if os.environ.get("TUNELAB_TEST_COLD"):  # the client still runs a test's TUNELAB_TEST_PRELOAD, in every process
+        os.environ.update(PYTHONPATH=pythonpath)
         yield
         return
     folder = tempfile.mkdtemp(prefix="tunelab-warm-")  # a socket's path is at most 107 bytes
-    pythonpath = os.pathsep.join(filter(None, [str(WARM), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": pythonpath}
     env.pop("TUNELAB_TEST_WARM", None)
     with open(os.path.join(folder, "server.log"), "w") as log:

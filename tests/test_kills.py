@@ -125,16 +125,15 @@ def test_sigkill_at_ten_random_moments_then_resume_ends_as_the_uninterrupted_run
           f"resumes checked: {len(resumed_from)}")
 
 
-# A comparison runs each method as a child `tunelab train`; every Python process of the test imports this first
-# (PYTHONPATH), so the children are slowed as SLOW_CHILD slows one.
-SLOW_SITE = """
-import os, time
-if os.environ.get("SLOW_TUNELAB"):
-    import torch
-    import tunelab.training.checkpoint as checkpoint
-    step, save = torch.optim.AdamW.step, checkpoint.save_file
-    torch.optim.AdamW.step = lambda self, *a, **k: (time.sleep(0.1), step(self, *a, **k))[1]
-    checkpoint.save_file = lambda *a, **k: (save(*a, **k), time.sleep(0.3))[0]
+# A comparison runs each method as a child `tunelab train`; every Python process of the test runs this first
+# (TUNELAB_TEST_PRELOAD, tests/warm/sitecustomize.py), so the children are slowed as SLOW_CHILD slows one.
+SLOW_PRELOAD = """
+import time
+import torch
+import tunelab.training.checkpoint as checkpoint
+step, save = torch.optim.AdamW.step, checkpoint.save_file
+torch.optim.AdamW.step = lambda self, *a, **k: (time.sleep(0.1), step(self, *a, **k))[1]
+checkpoint.save_file = lambda *a, **k: (save(*a, **k), time.sleep(0.3))[0]
 """
 
 
@@ -156,24 +155,22 @@ def _lock_holders(folder: Path) -> list[int]:
     return [p for p in pids if _alive(p)]
 
 
-# The comparisons killed start cold whatever the test's marks: their PYTHONPATH (the slowing sitecustomize) is not
-# the warm interpreter's, and their methods inherit it. So the lock holders checked are the processes that train.
-@pytest.mark.long(seconds=80)
+# Warm processes, as in the test above: a killed comparison's stand-in takes its forked child with it, and the
+# methods' processes die with that child (tunelab.runs), which the lock check below waits for.
+@pytest.mark.long(seconds=40)
 def test_compare_killed_mid_method_resumes_to_the_uninterrupted_comparison(tiny_config, tmp_path):
     cfg = tiny_config("full")
     cfg["train"].update(epochs=2, checkpoint_every=2, log_every=2)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SLOW_SITE)
+    slow = tmp_path / "slow.py"
+    slow.write_text(SLOW_PRELOAD)
     output = tmp_path / "cmp"
     straight = _compare(config, output, "straight", _env())
     out, _ = straight.communicate(timeout=300)
     assert straight.returncode == 0, out
 
-    env = {**_env(), "SLOW_TUNELAB": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(site),
-                                                                                    os.environ.get("PYTHONPATH")]))}
+    env = {**_env(), "TUNELAB_TEST_PRELOAD": str(slow)}
     rng = random.Random(1)
     landed, resumes = [], 0
     while len(landed) < 4:

@@ -147,6 +147,8 @@ def _run(conn: socket.socket, request: dict, fds: list[int]) -> None:
 def _execute(request: dict) -> None:
     kind, target, args = request["kind"], request["target"], request["args"]
     import runpy
+    from sitecustomize import preload_test_patches  # the client's (tests/warm), imported when this process started
+    preload_test_patches()  # as a cold start of the command runs it, from sitecustomize
     if kind == "-m":
         sys.argv = ["-m", *args]
         sys.path[0] = os.getcwd()

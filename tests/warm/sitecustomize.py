@@ -11,6 +11,16 @@ import sys
 SOCKET = "TUNELAB_TEST_WARM"  # the server's socket path; unset: every process starts cold
 PATH_SEEN = "TUNELAB_TEST_WARM_PATH"  # the PYTHONPATH the server started with
 PARENT_PID = "TUNELAB_PARENT_PID"  # tunelab.runs: this process is to die with its parent
+# A Python file every process of a test runs before its command, warm or cold: a test's patches (tests/test_kills.py
+# slows training with it), which a sitecustomize of the test's own could not give a warm child.
+PRELOAD = "TUNELAB_TEST_PRELOAD"
+
+
+def preload_test_patches() -> None:
+    path = os.environ.get(PRELOAD)
+    if path:
+        import runpy
+        runpy.run_path(path, run_name="__tunelab_test_preload__")
 
 
 def _command(argv: list[str]) -> dict | None:
@@ -74,3 +84,4 @@ def _hand_over() -> None:
 
 
 _hand_over()
+preload_test_patches()  # reached only where this process runs its command itself (cold)
