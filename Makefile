@@ -37,7 +37,8 @@ demo: setup
 # a free worker the tests still queued on a busy one, so the longest tests do not end the run alone. Measured in one
 # sitting on 2 cores: 685 s with two workers and `--dist load`, 565 s with these flags. The long tests are dealt out
 # among the workers before they start (tests/conftest.py): 512 and 520 s with them all on one worker's share, 460 s
-# dealt out (2026-12-06, a machine without fast bf16).
+# dealt out (2026-12-06, a machine without fast bf16). With the last cold test processes made warm, one sitting on
+# 2026-12-08: 191 and 206 s, against 372 and 406 s for the suite of 30cc36a (README).
 test: setup
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -n 3 --dist worksteal
