@@ -134,6 +134,18 @@ def tiny_config(tiny_csv, tiny_bert, tmp_path):
     return make
 
 
+def one_thread_env(cold: bool = False) -> dict[str, str]:
+    """The environment for a Python process a test starts: one thread (the same steps give the same bits in every
+    process), unbuffered output, offline. Read when the test runs, not at import: the warm interpreter's variables
+    (`warm_interpreter` above) are set by then. `cold`: this process starts as usual, not forked warm, for a test
+    that checks its pid."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "HF_HUB_OFFLINE": "1"}
+    if cold:
+        env.pop("TUNELAB_TEST_WARM", None)
+    return env
+
+
 def with_changes(cfg: dict, **changes) -> dict:
     """A copy of `cfg` with `a__b=value` setting cfg["a"]["b"] (parents made as needed)."""
     out = json.loads(json.dumps(cfg))

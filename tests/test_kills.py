@@ -20,11 +20,8 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from conftest import one_thread_env
 
-# One thread and deterministic kernels: the same steps give the same bits in every process.
-def _env() -> dict[str, str]:
-    # Read when a test runs, not at import: the warm interpreter's variables (tests/conftest.py) are set by then.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 KILLS = 10
 
 
@@ -81,7 +78,7 @@ def test_sigkill_at_ten_random_moments_then_resume_ends_as_the_uninterrupted_run
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
     runs = Path(cfg["output"])
-    straight = subprocess.run(_command(config, "name=straight"), env=_env(), capture_output=True, text=True,
+    straight = subprocess.run(_command(config, "name=straight"), env=one_thread_env(), capture_output=True, text=True,
                               timeout=300)
     assert straight.returncode == 0, straight.stderr
 
@@ -91,7 +88,7 @@ def test_sigkill_at_ten_random_moments_then_resume_ends_as_the_uninterrupted_run
     while len(landed) < KILLS:
         newest = _newest_complete_step(runs, "killed")
         command = _command(config, "name=killed", *(["--resume"] if newest is not None else []), slow=True)
-        process = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(command, env=one_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         first = process.stdout.readline()  # "run …": the config and data are read, the model loads next
         assert first.startswith("run "), (first, process.stderr.read())
         partial_before = _mark(runs / ".killed.checkpoint.partial")
@@ -109,7 +106,7 @@ def test_sigkill_at_ten_random_moments_then_resume_ends_as_the_uninterrupted_run
         landed.append("in a checkpoint write" if partial is not None and partial != partial_before
                       else "elsewhere (a step, an evaluation, loading)")
 
-    final = subprocess.run(_command(config, "name=killed", "--resume"), env=_env(), capture_output=True, text=True,
+    final = subprocess.run(_command(config, "name=killed", "--resume"), env=one_thread_env(), capture_output=True, text=True,
                            timeout=300)
     assert final.returncode == 0, final.stderr
     assert landed.count("in a checkpoint write") >= 2 and len(set(landed)) == 2, landed
@@ -166,11 +163,11 @@ def test_compare_killed_mid_method_resumes_to_the_uninterrupted_comparison(tiny_
     slow = tmp_path / "slow.py"
     slow.write_text(SLOW_PRELOAD)
     output = tmp_path / "cmp"
-    straight = _compare(config, output, "straight", _env())
+    straight = _compare(config, output, "straight", one_thread_env())
     out, _ = straight.communicate(timeout=300)
     assert straight.returncode == 0, out
 
-    env = {**_env(), "TUNELAB_TEST_PRELOAD": str(slow)}
+    env = {**one_thread_env(), "TUNELAB_TEST_PRELOAD": str(slow)}
     rng = random.Random(1)
     landed, resumes = [], 0
     while len(landed) < 4:
@@ -194,7 +191,7 @@ def test_compare_killed_mid_method_resumes_to_the_uninterrupted_comparison(tiny_
             time.sleep(0.1)
         assert not _lock_holders(output / "killed"), "a killed comparison's method kept running"
 
-    final = _compare(config, output, "killed", _env())
+    final = _compare(config, output, "killed", one_thread_env())
     out, _ = final.communicate(timeout=300)
     assert final.returncode == 0, out
     resumes += out.count("resuming from its checkpoint")
@@ -230,7 +227,7 @@ def test_a_process_a_comparison_starts_dies_with_it_even_on_sigkill():
     """Without this, a method whose comparison was killed trains on until its next line of output fails, holding
     its run's lock: minutes on a real model, and the resumed comparison would find the run locked."""
     from tunelab.runs import _alive
-    parent = subprocess.Popen([sys.executable, "-c", PARENT], env=_env(), stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], env=one_thread_env(), stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
     assert _alive(child)
     parent.send_signal(signal.SIGKILL)

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from conftest import one_thread_env
 from tunelab.runs import RunWriter, _owner
 
 
@@ -85,7 +86,7 @@ def test_two_train_processes_on_one_run_name(tiny_config, tmp_path):
     command = [sys.executable, "-m", "tunelab.cli", "train", str(config), "name=shared"]
     # The lock names the pid of the process holding it: the first and third start cold (tests/warm), so that the
     # pid is the one the test started; the second, refused, may be forked warm.
-    cold = {k: v for k, v in os.environ.items() if k != "TUNELAB_TEST_WARM"} | {"PYTHONUNBUFFERED": "1"}
+    cold = one_thread_env(cold=True)
     first = subprocess.Popen(command + ["train.epochs=500", "train.early_stopping.patience=500"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cold)
     try:

@@ -25,12 +25,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import one_thread_env
 
 TRIALS = 5
-def _env() -> dict[str, str]:
-    # Read when a test runs, not at import: the warm interpreter's variables (tests/conftest.py) are set by then.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-            "HF_HUB_OFFLINE": "1"}
 
 
 def _free_port() -> int:
@@ -78,7 +75,7 @@ def _config(tiny_config, tmp_path: Path) -> Path:
 def _tune(config: Path, storage: str, output: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "tunelab.cli", "tune", str(config), "--trials", str(TRIALS), "--storage",
                storage, "--search-only", f"output={output}"]
-    return subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(command, env=one_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _finish(processes: list[subprocess.Popen]) -> list[str]:
@@ -145,7 +142,7 @@ def test_an_unreachable_database_is_one_line(tiny_config, tmp_path):
     config = _config(tiny_config, tmp_path)
     done = subprocess.run([sys.executable, "-m", "tunelab.cli", "tune", str(config), "--storage",
                            f"postgresql://nobody:secret@127.0.0.1:{_free_port()}/none", "--search-only"],
-                          env=_env(), capture_output=True, text=True, timeout=120)
+                          env=one_thread_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --storage postgresql://nobody@127.0.0.1:"), done.stderr

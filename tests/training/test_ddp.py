@@ -19,13 +19,11 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from conftest import one_thread_env
 
 from tunelab.api import train
 
 LAUNCH_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "distributed" / "ddp.yaml"
-def _env() -> dict[str, str]:
-    # Read when a test runs, not at import: the warm interpreter's variables (tests/conftest.py) are set by then.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
 
 # Crashes both processes (like a kill) before their STEP-th optimizer update, as tests/training/test_checkpoint does.
 CRASHING = """
@@ -60,7 +58,7 @@ def _torchrun(config: Path, *args: str, script: str | None = None, env: dict | N
         program = [str(script)]
     else:
         program = ["-m", "tunelab.cli"]
-    return subprocess.run([*launcher, *program, "train", str(config), *args], env={**_env(), **(env or {})},
+    return subprocess.run([*launcher, *program, "train", str(config), *args], env={**one_thread_env(), **(env or {})},
                           capture_output=True, text=True, timeout=240)
 
 
@@ -68,7 +66,7 @@ def _one_process_and_two(cfg: dict, tmp_path: Path) -> Path:
     """Trains `cfg` as run `one` in one process and as run `two` under torchrun with 2; returns their folder."""
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    one = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", str(config), "name=one"], env=_env(),
+    one = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", str(config), "name=one"], env=one_thread_env(),
                          capture_output=True, text=True, timeout=240)
     assert one.returncode == 0, one.stderr[-3000:]
     two = _torchrun(config, "name=two")
@@ -135,7 +133,7 @@ def test_two_processes_train_as_one_at_the_same_global_batch_and_resume_exactly(
     # starts one): the same run, bit for bit.
     accelerate = subprocess.run([str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
                                  str(LAUNCH_CONFIG), "-m", "tunelab.cli", "train", str(config), "name=accelerate"],
-                                env=_env(), capture_output=True, text=True, timeout=240)
+                                env=one_thread_env(), capture_output=True, text=True, timeout=240)
     assert accelerate.returncode == 0, accelerate.stderr[-3000:]
     assert json.loads((runs / "accelerate" / "metrics.json").read_text())["processes"] == 2
     w4 = _weights(runs / "accelerate")
@@ -164,7 +162,7 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused_in_one_line(t
     config = _config(tiny_config, tmp_path, batch_size=7)
     # The check runs before the process joins the others: WORLD_SIZE alone (as torchrun sets it) is enough.
     done = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", str(config)],
-                          env={**_env(), "WORLD_SIZE": "2", "RANK": "0"}, capture_output=True, text=True, timeout=120)
+                          env={**one_thread_env(), "WORLD_SIZE": "2", "RANK": "0"}, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "error: `train.batch_size` is the batch of all 2 processes together, so it must be a multiple of 2, got 7; "
@@ -176,7 +174,7 @@ def test_an_accelerate_config_asking_for_deepspeed_is_refused_in_one_line(tiny_c
     # (FSDP is done: test_fsdp.py.)
     config = _config(tiny_config, tmp_path)
     done = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", str(config)],
-                          env={**_env(), "ACCELERATE_USE_DEEPSPEED": "true"}, capture_output=True, text=True, timeout=120)
+                          env={**one_thread_env(), "ACCELERATE_USE_DEEPSPEED": "true"}, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: the accelerate config asks for DeepSpeed"), done.stderr
@@ -203,7 +201,7 @@ def test_generation_with_early_stopping_under_two_processes_is_the_one_process_r
 def test_compare_and_tune_under_torchrun_are_refused_in_one_line(tiny_config, tmp_path, command):
     config = _config(tiny_config, tmp_path)
     done = subprocess.run([sys.executable, "-m", "tunelab.cli", command, str(config)],
-                          env={**_env(), "WORLD_SIZE": "2", "RANK": "1"}, capture_output=True, text=True, timeout=120)
+                          env={**one_thread_env(), "WORLD_SIZE": "2", "RANK": "1"}, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"error: `tunelab {command}` runs in one process and starts its own; launch it without torchrun or "

@@ -20,7 +20,8 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from test_ddp import CRASHING, _env, _files, _rows, _torchrun, _weights
+from conftest import one_thread_env
+from test_ddp import CRASHING, _files, _rows, _torchrun, _weights
 
 from tunelab.api import train
 from tunelab.errors import ConfigError
@@ -32,7 +33,7 @@ LAUNCH_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "distributed" 
 def _accelerate(config: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
                            str(LAUNCH_CONFIG), "-m", "tunelab.cli", "train", str(config), *args],
-                          env=_env(), capture_output=True, text=True, timeout=240)
+                          env=one_thread_env(), capture_output=True, text=True, timeout=240)
 
 
 def _close(m1: dict, m2: dict, h1: list[dict], h2: list[dict]) -> None:
