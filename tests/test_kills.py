@@ -8,7 +8,6 @@ On a tiny model a step takes milliseconds, so the child process stretches time w
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
