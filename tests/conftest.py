@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,37 +15,52 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs three pytest workers on the machine's two cores (pytest-xdist): each, and every process a
     # test starts, computes on one thread, as two processes with a thread per core would fight over the cores.
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:  # a worker forked warm (below) has torch imported already, before the variable
+        sys.modules["torch"].set_num_threads(1)
 
 WARM = Path(__file__).parent / "warm"
+_warm_server: list = []  # (the server process, its folder), in the process that started it
 
 
-@pytest.fixture(scope="session", autouse=True)
-def warm_interpreter():
-    """Each pytest process starts a warm interpreter (`tests/warm/server.py`) that the Python processes its tests
-    start are forked from, torch and transformers imported: about 5 s less per process, over a hundred processes.
-    Until it has imported them, and for a test marked `cold_processes`, processes start as usual.
-    TUNELAB_TEST_COLD=1 turns it off."""
-    import shutil
+def pytest_configure(config):
+    """The pytest process starts a warm interpreter (`tests/warm/server.py`) that Python processes are forked from,
+    torch and transformers imported: about 4 s of imports less per process, over a hundred processes. With
+    `-n N` that is `make test`'s controller, before it starts its workers, and it waits for the imports to be done
+    so that the workers themselves start forked from it: they collect the tests with torch imported already, and
+    the one server serves them all (one per worker imported the same modules three times over). Until it has
+    imported them, and for a test marked `cold_processes`, processes start as usual. TUNELAB_TEST_COLD=1 turns it
+    off; a worker inherits what its controller set."""
     import subprocess
-    import sys
     import tempfile
+    import time
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     pythonpath = os.pathsep.join(filter(None, [str(WARM), os.environ.get("PYTHONPATH")]))
     if os.environ.get("TUNELAB_TEST_COLD"):  # the client still runs a test's TUNELAB_TEST_PRELOAD, in every process
         os.environ.update(PYTHONPATH=pythonpath)
-        yield
         return
     folder = tempfile.mkdtemp(prefix="tunelab-warm-")  # a socket's path is at most 107 bytes
+    socket = os.path.join(folder, "socket")
     env = {**os.environ, "PYTHONPATH": pythonpath}
     env.pop("TUNELAB_TEST_WARM", None)
     with open(os.path.join(folder, "server.log"), "w") as log:
-        server = subprocess.Popen([sys.executable, str(WARM / "server.py"), os.path.join(folder, "socket")],
+        server = subprocess.Popen([sys.executable, str(WARM / "server.py"), socket],
                                   env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    os.environ.update(PYTHONPATH=pythonpath, TUNELAB_TEST_WARM_PATH=pythonpath,
-                      TUNELAB_TEST_WARM=os.path.join(folder, "socket"))
-    yield
-    server.terminate()
-    server.wait(timeout=30)
-    shutil.rmtree(folder, ignore_errors=True)
+    _warm_server.append((server, folder))
+    os.environ.update(PYTHONPATH=pythonpath, TUNELAB_TEST_WARM_PATH=pythonpath, TUNELAB_TEST_WARM=socket)
+    if getattr(config.option, "numprocesses", None):  # workers are started after this hook: wait, within reason
+        deadline = time.time() + 60
+        while not os.path.exists(socket) and server.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+
+
+def pytest_unconfigure(config):
+    import shutil
+    for server, folder in _warm_server:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)
+    _warm_server.clear()
 
 
 @pytest.fixture(autouse=True)
@@ -137,7 +153,7 @@ def tiny_config(tiny_csv, tiny_bert, tmp_path):
 def one_thread_env(cold: bool = False) -> dict[str, str]:
     """The environment for a Python process a test starts: one thread (the same steps give the same bits in every
     process), unbuffered output, offline. Read when the test runs, not at import: the warm interpreter's variables
-    (`warm_interpreter` above) are set by then. `cold`: this process starts as usual, not forked warm, for a test
+    (`pytest_configure` above) are set by then. `cold`: this process starts as usual, not forked warm, for a test
     that checks its pid."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
            "HF_HUB_OFFLINE": "1"}
