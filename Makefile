@@ -38,7 +38,8 @@ demo: setup
 # sitting on 2 cores: 685 s with two workers and `--dist load`, 565 s with these flags. The long tests are dealt out
 # among the workers before they start (tests/conftest.py): 512 and 520 s with them all on one worker's share, 460 s
 # dealt out (2026-12-06, a machine without fast bf16). With the last cold test processes made warm, one sitting on
-# 2026-12-08: 191 and 206 s, against 372 and 406 s for the suite of 30cc36a (README).
+# 2026-12-08: 191 and 206 s, against 372 and 406 s for the suite of 30cc36a; with the workers forked from one warm
+# interpreter (tests/conftest.py), another sitting: 179 and 163 s against 369 and 361 s (README).
 test: setup
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -n 3 --dist worksteal
