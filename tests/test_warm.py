@@ -59,3 +59,13 @@ def test_a_test_marked_cold_starts_its_processes_as_usual():
     done = subprocess.run([sys.executable, "-c", "import sys; print('torch' in sys.modules)"], capture_output=True,
                           text=True, timeout=60)
     assert done.stdout == "False\n"
+
+
+def test_a_pytest_worker_computes_on_one_thread_as_the_processes_it_starts():
+    """A `make test` worker is forked from the warm interpreter with torch imported before conftest set
+    OMP_NUM_THREADS: conftest sets torch's threads itself, or a worker would compute on every core."""
+    import torch
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        assert os.environ["OMP_NUM_THREADS"] == "1" and torch.get_num_threads() == 1
+    else:
+        pytest.skip("not a pytest-xdist worker")
