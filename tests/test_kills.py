@@ -87,7 +87,8 @@ def test_sigkill_at_ten_random_moments_then_resume_ends_as_the_uninterrupted_run
     while len(landed) < KILLS:
         newest = _newest_complete_step(runs, "killed")
         command = _command(config, "name=killed", *(["--resume"] if newest is not None else []), slow=True)
-        process = subprocess.Popen(command, env=one_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(command, env=one_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
         first = process.stdout.readline()  # "run …": the config and data are read, the model loads next
         assert first.startswith("run "), (first, process.stderr.read())
         partial_before = _mark(runs / ".killed.checkpoint.partial")
@@ -105,8 +106,8 @@ def test_sigkill_at_ten_random_moments_then_resume_ends_as_the_uninterrupted_run
         landed.append("in a checkpoint write" if partial is not None and partial != partial_before
                       else "elsewhere (a step, an evaluation, loading)")
 
-    final = subprocess.run(_command(config, "name=killed", "--resume"), env=one_thread_env(), capture_output=True, text=True,
-                           timeout=300)
+    final = subprocess.run(_command(config, "name=killed", "--resume"), env=one_thread_env(), capture_output=True,
+                           text=True, timeout=300)
     assert final.returncode == 0, final.stderr
     assert landed.count("in a checkpoint write") >= 2 and len(set(landed)) == 2, landed
     for step, line in resumed_from:

@@ -9,7 +9,6 @@ and the two runs differ by design."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -162,7 +161,8 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused_in_one_line(t
     config = _config(tiny_config, tmp_path, batch_size=7)
     # The check runs before the process joins the others: WORLD_SIZE alone (as torchrun sets it) is enough.
     done = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", str(config)],
-                          env={**one_thread_env(), "WORLD_SIZE": "2", "RANK": "0"}, capture_output=True, text=True, timeout=120)
+                          env={**one_thread_env(), "WORLD_SIZE": "2", "RANK": "0"}, capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "error: `train.batch_size` is the batch of all 2 processes together, so it must be a multiple of 2, got 7; "
@@ -174,7 +174,8 @@ def test_an_accelerate_config_asking_for_deepspeed_is_refused_in_one_line(tiny_c
     # (FSDP is done: test_fsdp.py.)
     config = _config(tiny_config, tmp_path)
     done = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", str(config)],
-                          env={**one_thread_env(), "ACCELERATE_USE_DEEPSPEED": "true"}, capture_output=True, text=True, timeout=120)
+                          env={**one_thread_env(), "ACCELERATE_USE_DEEPSPEED": "true"}, capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: the accelerate config asks for DeepSpeed"), done.stderr
@@ -201,7 +202,8 @@ def test_generation_with_early_stopping_under_two_processes_is_the_one_process_r
 def test_compare_and_tune_under_torchrun_are_refused_in_one_line(tiny_config, tmp_path, command):
     config = _config(tiny_config, tmp_path)
     done = subprocess.run([sys.executable, "-m", "tunelab.cli", command, str(config)],
-                          env={**one_thread_env(), "WORLD_SIZE": "2", "RANK": "1"}, capture_output=True, text=True, timeout=120)
+                          env={**one_thread_env(), "WORLD_SIZE": "2", "RANK": "1"}, capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"error: `tunelab {command}` runs in one process and starts its own; launch it without torchrun or "
